@@ -1,0 +1,28 @@
+//! Command-line and environment configuration. Every flag can also be set through an
+//! environment variable (RunPod passes settings as env vars). Each module owns the group of
+//! flags it reads; this file only assembles them.
+
+use clap::{Parser, Subcommand};
+
+/// `sdxl-worker`: Stable Diffusion XL for RunPod serverless, with Civitai models.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sdxl-worker", version, about, long_about = None)]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub log: crate::telemetry::LogArgs,
+    #[command(flatten)]
+    pub runtime: crate::runpod::RuntimeArgs,
+    #[command(flatten)]
+    pub fetch: crate::fetch::FetchArgs,
+    #[command(flatten)]
+    pub engine: crate::pipeline::EngineArgs,
+}
+
+/// Subcommands besides the default (serve jobs).
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the worker (the default when no subcommand is given).
+    Serve,
+}
