@@ -5,6 +5,7 @@ pub mod config;
 pub mod fetch;
 pub mod model;
 pub mod pipeline;
+pub mod prompt;
 pub mod runpod;
 pub mod sampling;
 pub mod telemetry;

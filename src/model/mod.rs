@@ -4,6 +4,9 @@
 //! through the same code as a 6.9 GB one.
 
 pub mod attention;
+pub mod clip;
+pub mod unet;
+pub mod vae;
 
 use std::collections::BTreeMap;
 
