@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod fetch;
+pub mod handler;
+pub mod image;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;

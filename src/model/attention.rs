@@ -1,7 +1,7 @@
 //! Scaled dot-product attention shared by the text encoders, the UNet and the VAE.
 //! One place to swap in a fused kernel on GPUs.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 /// `softmax(q·kᵀ·scale + mask)·v` for `q` `[B, H, Lq, Dh]`, `k`/`v` `[B, H, Lk, Dh]`.
 /// `mask` (if any) is added to the scores and must broadcast to `[B, H, Lq, Lk]`.
