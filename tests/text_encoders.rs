@@ -69,10 +69,7 @@ fn encode(
     ids1: &Tensor,
     ids2: &Tensor,
 ) -> (Tensor, Tensor) {
-    let o1 = te1.forward(ids1, SDXL_LAYERS_FROM_END, false).unwrap();
-    let o2 = te2.forward(ids2, SDXL_LAYERS_FROM_END, true).unwrap();
-    let embeds = Tensor::cat(&[&o1.hidden, &o2.hidden], 2).unwrap();
-    (embeds, o2.pooled.unwrap())
+    sdxl_text_conditioning(te1, te2, ids1, ids2, SDXL_LAYERS_FROM_END).unwrap()
 }
 
 #[test]

@@ -389,7 +389,13 @@ impl LatentDist {
         (&self.logvar * 0.5)?.exp()
     }
 
-    /// `mean + std · noise`, with `noise` standard normal of the same shape.
+    /// The distribution's mode (its mean), what deterministic img2img pipelines use.
+    pub fn mode(&self) -> &Tensor {
+        &self.mean
+    }
+
+    /// `mean + std · noise`, with `noise` standard normal of the same shape. Unscaled:
+    /// multiply by the scaling factor before handing it to the UNet.
     pub fn sample(&self, noise: &Tensor) -> candle_core::Result<Tensor> {
         self.mean
             .broadcast_add(&self.std()?.broadcast_mul(&noise.to_dtype(DType::F32)?)?)
@@ -409,7 +415,8 @@ pub struct Vae {
 
 impl Vae {
     /// Builds the VAE from `vb`, pointed at the VAE's prefix (e.g. `vb.pp("first_stage_model")`,
-    /// or a diffusers file renamed by [`super::vae_names::ldm_view`]).
+    /// or a diffusers file renamed by
+    /// [`super::vae_names::VaeNameMap::ldm_view`]).
     pub fn load(vb: VarBuilder<'_>, cfg: &VaeConfig) -> Result<Self, ModelError> {
         let _span = tracing::debug_span!("load_vae", dtype = ?vb.dtype()).entered();
         if cfg.block_out_channels.is_empty() {
