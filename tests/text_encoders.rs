@@ -2,15 +2,15 @@
 //! encoders, concatenated) and `pooled_prompt_embeds` (te2 EOS output projected), for every
 //! reference case and its negative prompt when one was encoded. CPU, f32.
 
-mod common;
+mod te_vae_common;
 
 use candle_core::{DType, Device, Tensor};
-use common::te_vae::*;
 use sdxl_worker::model::clip::{
     sdxl_text_conditioning, ClipActivation, ClipKind, ClipTextConfig, ClipTextModel,
     SDXL_LAYERS_FROM_END,
 };
 use sdxl_worker::model::ModelError;
+use te_vae_common::*;
 
 const TE1: &str = "conditioner.embedders.0.transformer";
 const TE2: &str = "conditioner.embedders.1.model";

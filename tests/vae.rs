@@ -1,12 +1,12 @@
 //! VAE against the diffusers references: `image_float = decode(final_latents / 0.13025)` and
 //! the PNG bytes; the encoder's shapes, determinism and round trip; error naming. CPU, f32.
 
-mod common;
+mod te_vae_common;
 
 use candle_core::{DType, Device, Tensor};
-use common::te_vae::*;
 use sdxl_worker::model::vae::{Vae, VaeConfig, SDXL_VAE_SCALING_FACTOR};
 use sdxl_worker::model::ModelError;
+use te_vae_common::*;
 
 const VAE: &str = "first_stage_model";
 
