@@ -81,3 +81,4 @@ mod tests {
         ));
     }
 }
+pub mod unet_blocks;
