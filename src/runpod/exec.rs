@@ -2,6 +2,7 @@
 //! abandons the call, and the outcome is mapped to a result body.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -9,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use super::handler::{Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError};
 use super::result::{map_error, map_output, map_stream_error, map_stream_final, ResultBody};
 use super::WorkerIdentity;
+
+/// How long a cancelled handler may take to return by itself before it is aborted.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// How a handler call ended.
 pub(crate) enum Outcome {
@@ -41,7 +45,11 @@ pub(crate) async fn execute(
             Err(_) => Outcome::Cancelled,
         },
         _ = cancel.cancelled() => {
-            task.abort();
+            // The handler sees the token too; give it a moment to stop on its own (and free
+            // what it holds) before its future is dropped.
+            if tokio::time::timeout(CANCEL_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
             Outcome::Cancelled
         }
     }
