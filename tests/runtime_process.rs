@@ -32,16 +32,24 @@ fn sigterm_finishes_and_posts_the_running_job_then_exits_0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(api.wait_until(Duration::from_secs(20), |r| r.iter().any(|x| x.uri.contains("job_id=D1"))));
+    assert!(api.wait_until(Duration::from_secs(20), |r| r
+        .iter()
+        .any(|x| x.uri.contains("job_id=D1"))));
     std::thread::sleep(Duration::from_millis(200));
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let signalled = Instant::now();
     let exit = loop {
         if let Some(code) = child.try_wait().unwrap() {
             break code;
         }
-        assert!(signalled.elapsed() < Duration::from_secs(15), "worker did not exit after SIGTERM");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "worker did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
@@ -49,8 +57,14 @@ fn sigterm_finishes_and_posts_the_running_job_then_exits_0() {
     let done = api.done_for("D1");
     assert_eq!(done.len(), 1, "stderr: {stderr}");
     assert_eq!(done[0].body, r#"{"output": "drained"}"#);
-    assert!(done[0].at > signalled - Duration::from_millis(50), "job finished before the signal; test proves nothing");
-    assert!(api.done_for("D2").is_empty(), "took a new job after SIGTERM");
+    assert!(
+        done[0].at > signalled - Duration::from_millis(50),
+        "job finished before the signal; test proves nothing"
+    );
+    assert!(
+        api.done_for("D2").is_empty(),
+        "took a new job after SIGTERM"
+    );
     let takes = api.of_kind("job-take");
     assert_eq!(takes.len(), 1, "job-take after SIGTERM");
     assert!(!stderr.contains("rpa_TESTKEY"), "API key leaked into logs");
@@ -59,12 +73,24 @@ fn sigterm_finishes_and_posts_the_running_job_then_exits_0() {
 #[test]
 fn local_mode_prints_exactly_one_json_document_and_sets_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
-    let ok = local(&["--test_input", r#"{"input": {"return": {"a": [1, 2]}}}"#], dir.path());
+    let ok = local(
+        &["--test_input", r#"{"input": {"return": {"a": [1, 2]}}}"#],
+        dir.path(),
+    );
     assert_eq!(ok.status.code(), Some(0));
-    assert_eq!(String::from_utf8(ok.stdout).unwrap(), "{\"output\": {\"a\": [1, 2]}}\n");
-    assert!(String::from_utf8_lossy(&ok.stderr).contains("local_test"), "logs go to stderr");
+    assert_eq!(
+        String::from_utf8(ok.stdout).unwrap(),
+        "{\"output\": {\"a\": [1, 2]}}\n"
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stderr).contains("local_test"),
+        "logs go to stderr"
+    );
 
-    let failed = local(&["--test-input", r#"{"input": {"fail": "no such sampler"}}"#], dir.path());
+    let failed = local(
+        &["--test-input", r#"{"input": {"fail": "no such sampler"}}"#],
+        dir.path(),
+    );
     assert_eq!(failed.status.code(), Some(1));
     let out = String::from_utf8(failed.stdout).unwrap();
     assert_eq!(out.lines().count(), 1);
@@ -73,9 +99,18 @@ fn local_mode_prints_exactly_one_json_document_and_sets_the_exit_code() {
     assert_eq!(err["error_message"], "no such sampler");
 
     // A returned `error` value (no exception) also exits 1.
-    let soft = local(&["--test_input", r#"{"input": {"return": {"error": ["bad"]}}}"#], dir.path());
+    let soft = local(
+        &[
+            "--test_input",
+            r#"{"input": {"return": {"error": ["bad"]}}}"#,
+        ],
+        dir.path(),
+    );
     assert_eq!(soft.status.code(), Some(1));
-    assert_eq!(String::from_utf8(soft.stdout).unwrap(), "{\"error\": [\"bad\"]}\n");
+    assert_eq!(
+        String::from_utf8(soft.stdout).unwrap(),
+        "{\"error\": [\"bad\"]}\n"
+    );
 }
 
 #[test]
@@ -86,10 +121,17 @@ fn local_mode_reads_test_input_json_and_reports_missing_input() {
     assert!(missing.stdout.is_empty());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("test_input.json not found"));
 
-    std::fs::write(dir.path().join("test_input.json"), r#"{"input": {"return": "from file"}}"#).unwrap();
+    std::fs::write(
+        dir.path().join("test_input.json"),
+        r#"{"input": {"return": "from file"}}"#,
+    )
+    .unwrap();
     let from_file = local(&[], dir.path());
     assert_eq!(from_file.status.code(), Some(0));
-    assert_eq!(String::from_utf8(from_file.stdout).unwrap(), "{\"output\": \"from file\"}\n");
+    assert_eq!(
+        String::from_utf8(from_file.stdout).unwrap(),
+        "{\"output\": \"from file\"}\n"
+    );
 
     std::fs::write(dir.path().join("test_input.json"), r#"{"inputs": {}}"#).unwrap();
     let no_input = local(&[], dir.path());
@@ -107,14 +149,26 @@ fn test_input_forces_local_mode_and_output_dir_gets_images() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let out = Command::new(echo_worker())
-        .args(["--test_input", r#"{"input": {"image": true}}"#, "--output-dir"])
+        .args([
+            "--test_input",
+            r#"{"input": {"image": true}}"#,
+            "--output-dir",
+        ])
         .arg(&out_dir)
         .current_dir(dir.path())
         // Even with the platform's variables set, --test_input runs locally.
-        .env("RUNPOD_WEBHOOK_GET_JOB", "http://127.0.0.1:9/v2/ep/job-take/$ID?")
+        .env(
+            "RUNPOD_WEBHOOK_GET_JOB",
+            "http://127.0.0.1:9/v2/ep/job-take/$ID?",
+        )
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let body: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(body["output"]["images"][0]["image"].is_string());
     let png = std::fs::read(out_dir.join("local_test_0.png")).unwrap();

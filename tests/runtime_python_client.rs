@@ -30,7 +30,10 @@ fn venv_python(venv: &Path) -> PathBuf {
 
 fn has_pinned_runpod(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", &format!("import runpod, sys; sys.exit(runpod.__version__ != '{RUNPOD_VERSION}')")])
+        .args([
+            "-c",
+            &format!("import runpod, sys; sys.exit(runpod.__version__ != '{RUNPOD_VERSION}')"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -56,7 +59,13 @@ fn ensure_venv() -> PathBuf {
         String::from_utf8_lossy(&made.stderr)
     );
     let pip = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .arg(format!("runpod=={RUNPOD_VERSION}"))
         .output()
         .unwrap();
@@ -65,7 +74,10 @@ fn ensure_venv() -> PathBuf {
         "pip install runpod=={RUNPOD_VERSION} failed (network access to PyPI is needed once):\n{}",
         String::from_utf8_lossy(&pip.stderr)
     );
-    assert!(has_pinned_runpod(&python), "runpod {RUNPOD_VERSION} not importable after install");
+    assert!(
+        has_pinned_runpod(&python),
+        "runpod {RUNPOD_VERSION} not importable after install"
+    );
     python
 }
 
@@ -81,7 +93,13 @@ impl Drop for Worker {
 
 fn serve(port: u16, streaming: bool) -> Worker {
     let child = Command::new(echo_worker())
-        .args(["--rp_serve_api", "--rp_api_port", &port.to_string(), "--rp_api_key", KEY])
+        .args([
+            "--rp_serve_api",
+            "--rp_api_port",
+            &port.to_string(),
+            "--rp_api_key",
+            KEY,
+        ])
         .env("ECHO_STREAMING", if streaming { "1" } else { "0" })
         .env("ECHO_INIT_MS", "300")
         .env_remove("RUNPOD_WEBHOOK_GET_JOB")
@@ -119,5 +137,8 @@ fn official_python_client_works_against_the_local_endpoint_api() {
         out.status.success() && stdout.lines().last() == Some("OK"),
         "client script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(stdout.contains(&format!("runpod {RUNPOD_VERSION}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("runpod {RUNPOD_VERSION}")),
+        "{stdout}"
+    );
 }

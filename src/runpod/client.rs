@@ -234,19 +234,32 @@ impl JobApi {
         is_stream: bool,
     ) -> Result<(), PostError> {
         let url = self.urls.done_url(job_id, is_stream);
-        self.post(&url, job_id, body, self.timings.result_retry_delays.len() + 1)
-            .await
+        self.post(
+            &url,
+            job_id,
+            body,
+            self.timings.result_retry_delays.len() + 1,
+        )
+        .await
     }
 
     /// One streamed chunk (job-stream, `isStream=false`), same retries as results.
     /// Without a stream URL the chunk is only logged.
     pub(crate) async fn post_stream(&self, job_id: &str, body: String) -> Result<(), PostError> {
         let Some(url) = self.urls.stream_url(job_id) else {
-            tracing::warn!(job_id, "RUNPOD_WEBHOOK_POST_STREAM is not set; stream chunk not sent");
+            tracing::warn!(
+                job_id,
+                "RUNPOD_WEBHOOK_POST_STREAM is not set; stream chunk not sent"
+            );
             return Ok(());
         };
-        self.post(&url, job_id, body, self.timings.result_retry_delays.len() + 1)
-            .await
+        self.post(
+            &url,
+            job_id,
+            body,
+            self.timings.result_retry_delays.len() + 1,
+        )
+        .await
     }
 
     /// A progress update (job-done, `isStream=false`, body with `"status": "IN_PROGRESS"`);
@@ -298,7 +311,11 @@ impl JobApi {
                 // A refused connection cannot have delivered anything, so retrying it cannot
                 // duplicate a result; other transport errors are final, as in the SDK.
                 Err(err) if err.is_connect() && attempt < attempts => {
-                    tracing::warn!(job_id, attempt, "result post could not connect ({err}); retrying");
+                    tracing::warn!(
+                        job_id,
+                        attempt,
+                        "result post could not connect ({err}); retrying"
+                    );
                     true
                 }
                 Err(source) => {

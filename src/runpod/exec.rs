@@ -77,6 +77,10 @@ pub(crate) fn result_body(
 /// Logs how a job ended (never its output: it may be large).
 pub(crate) fn log_result(result: &Result<HandlerOutput, JobError>) {
     if let Err(err) = result {
-        tracing::warn!(error_type = err.error_type(), "job failed: {}", err.message());
+        tracing::warn!(
+            error_type = err.error_type(),
+            "job failed: {}",
+            err.message()
+        );
     }
 }

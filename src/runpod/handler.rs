@@ -334,13 +334,22 @@ mod tests {
 
     #[test]
     fn job_from_value_requires_id_and_input() {
-        let job = Job::from_value(json!({"id": "J1", "input": {"a": 1}, "batchId": "b", "webhook": "http://x"})).unwrap();
+        let job = Job::from_value(
+            json!({"id": "J1", "input": {"a": 1}, "batchId": "b", "webhook": "http://x"}),
+        )
+        .unwrap();
         assert_eq!(job.id, "J1");
         assert_eq!(job.input, json!({"a": 1}));
         assert_eq!(job.webhook.as_deref(), Some("http://x"));
         assert_eq!(job.extra.get("batchId"), Some(&json!("b")));
-        assert_eq!(Job::from_value(json!({"input": 1})), Err(MalformedJob::MissingId));
-        assert_eq!(Job::from_value(json!({"id": 5, "input": 1})), Err(MalformedJob::MissingId));
+        assert_eq!(
+            Job::from_value(json!({"input": 1})),
+            Err(MalformedJob::MissingId)
+        );
+        assert_eq!(
+            Job::from_value(json!({"id": 5, "input": 1})),
+            Err(MalformedJob::MissingId)
+        );
         assert_eq!(
             Job::from_value(json!({"id": "J"})),
             Err(MalformedJob::MissingInput("J".into()))
@@ -359,13 +368,19 @@ mod tests {
         let err = JobError::from_error("Io", Outer(std::io::Error::other("disk gone")));
         assert_eq!(err.error_type(), "Io");
         assert_eq!(err.message(), "outer failure");
-        assert_eq!(err.traceback(), "Io: outer failure\n\nCaused by:\n    0: disk gone");
+        assert_eq!(
+            err.traceback(),
+            "Io: outer failure\n\nCaused by:\n    0: disk gone"
+        );
         let err = JobError::from_anyhow(
             "Load",
             anyhow::anyhow!("root cause").context("loading model"),
         );
         assert_eq!(err.message(), "loading model");
-        assert_eq!(err.traceback(), "Load: loading model\n\nCaused by:\n    0: root cause");
+        assert_eq!(
+            err.traceback(),
+            "Load: loading model\n\nCaused by:\n    0: root cause"
+        );
         let plain = JobError::invalid_input("`steps` must be 1..=150");
         assert_eq!(plain.traceback(), "InvalidInput: `steps` must be 1..=150");
     }

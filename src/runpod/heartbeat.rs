@@ -113,7 +113,10 @@ async fn ping_loop(cfg: PingConfig, held: HeldJobs, stop: CancellationToken) {
             return;
         }
     };
-    tracing::info!(interval_ms = cfg.interval.as_millis() as u64, "heartbeat started");
+    tracing::info!(
+        interval_ms = cfg.interval.as_millis() as u64,
+        "heartbeat started"
+    );
     // Fixed cadence measured from the start; a slow ping skips ticks rather than bunching.
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

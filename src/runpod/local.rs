@@ -100,8 +100,13 @@ pub(crate) async fn run(
     let id = job.id.clone();
     tracing::info!(job_id = %id, "Started.");
     let cancel = shutdown.child_token();
-    let (ctx, ContextReceivers { mut progress, stream }) =
-        JobContext::with_channels(&id, cancel.clone(), cfg.streaming);
+    let (
+        ctx,
+        ContextReceivers {
+            mut progress,
+            stream,
+        },
+    ) = JobContext::with_channels(&id, cancel.clone(), cfg.streaming);
     let done = CancellationToken::new();
     let progress_log = {
         let done = done.clone();
@@ -188,7 +193,13 @@ pub fn write_images(output: &Value, dir: &Path, job_id: &str) -> std::io::Result
     std::fs::create_dir_all(dir)?;
     let stem: String = job_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut paths = Vec::with_capacity(images.len());
     for (n, (bytes, ext)) in images.into_iter().enumerate() {
@@ -243,7 +254,11 @@ mod tests {
     #[test]
     fn inline_input_wins_and_id_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("test_input.json"), r#"{"input": {"from": "file"}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("test_input.json"),
+            r#"{"input": {"from": "file"}}"#,
+        )
+        .unwrap();
         let job = load_test_job(Some(r#"{"input": {"from": "flag"}}"#), dir.path()).unwrap();
         assert_eq!(job.input, json!({"from": "flag"}));
         assert_eq!(job.id, "local_test");
@@ -257,9 +272,16 @@ mod tests {
     fn bad_test_input_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = load_test_job(None, dir.path()).unwrap_err();
-        assert!(err.to_string().contains("test_input.json not found"), "{err}");
+        assert!(
+            err.to_string().contains("test_input.json not found"),
+            "{err}"
+        );
         let err = load_test_job(Some("{nope"), dir.path()).unwrap_err();
-        assert!(err.to_string().starts_with("--test_input is not valid JSON"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("--test_input is not valid JSON"),
+            "{err}"
+        );
         let err = load_test_job(Some(r#"{"inputs": {}}"#), dir.path()).unwrap_err();
         assert!(err.to_string().contains("\"input\" field"), "{err}");
         let err = load_test_job(Some(r#"{"input": null}"#), dir.path()).unwrap_err();
@@ -268,7 +290,8 @@ mod tests {
 
     #[test]
     fn images_are_found_in_data_urls_and_bare_base64() {
-        let png = b"\x89PNG\r\n\x1a\n0123456789012345678901234567890123456789012345678901234567890123";
+        let png =
+            b"\x89PNG\r\n\x1a\n0123456789012345678901234567890123456789012345678901234567890123";
         let b64 = base64::engine::general_purpose::STANDARD.encode(png);
         let output = json!({"images": [
             {"image": format!("data:image/png;base64,{b64}"), "seed": 1},

@@ -30,11 +30,11 @@ pub use client::{ClientError, PostError};
 pub use handler::{
     Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError, MalformedJob, StreamSender,
 };
+pub use local::{load_test_job, write_images, TestInputError};
 pub use result::{
     error_json, map_error, map_output, to_python_json, truthy, ResultBody, WorkerIdentity,
     SDK_COMPAT_VERSION,
 };
-pub use local::{load_test_job, write_images, TestInputError};
 pub use serve::{RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
 pub use urls::{ping_url, JobUrls};
 
@@ -59,33 +59,56 @@ pub struct RuntimeArgs {
 
     /// Serve a local copy of RunPod's endpoint API (`/v2/{endpoint_id}/run`, …) instead of
     /// taking jobs from RunPod.
-    #[arg(long = "rp_serve_api", alias = "rp-serve-api", env = "RUNPOD_SERVE_API")]
+    #[arg(
+        long = "rp_serve_api",
+        alias = "rp-serve-api",
+        env = "RUNPOD_SERVE_API"
+    )]
     pub rp_serve_api: bool,
 
     /// Address of the local endpoint API.
-    #[arg(long = "rp_api_host", alias = "rp-api-host", env = "RUNPOD_API_HOST",
-          default_value = "127.0.0.1")]
+    #[arg(
+        long = "rp_api_host",
+        alias = "rp-api-host",
+        env = "RUNPOD_API_HOST",
+        default_value = "127.0.0.1"
+    )]
     pub rp_api_host: IpAddr,
 
     /// Port of the local endpoint API (0 picks a free one and logs it).
-    #[arg(long = "rp_api_port", alias = "rp-api-port", env = "RUNPOD_API_PORT",
-          default_value_t = 8000)]
+    #[arg(
+        long = "rp_api_port",
+        alias = "rp-api-port",
+        env = "RUNPOD_API_PORT",
+        default_value_t = 8000
+    )]
     pub rp_api_port: u16,
 
     /// When set, the local endpoint API answers 401 to requests without this key
     /// (`Authorization: <key>` or `Authorization: Bearer <key>`).
-    #[arg(long = "rp_api_key", alias = "rp-api-key", env = "RUNPOD_LOCAL_API_KEY",
-          hide_env_values = true)]
+    #[arg(
+        long = "rp_api_key",
+        alias = "rp-api-key",
+        env = "RUNPOD_LOCAL_API_KEY",
+        hide_env_values = true
+    )]
     pub rp_api_key: Option<String>,
 
     /// Every result asks RunPod to refresh the worker (`stopPod`), and the worker stops after
     /// its first job (the SDK's `refresh_worker` start option).
-    #[arg(long = "refresh_worker", alias = "refresh-worker", env = "RUNPOD_REFRESH_WORKER")]
+    #[arg(
+        long = "refresh_worker",
+        alias = "refresh-worker",
+        env = "RUNPOD_REFRESH_WORKER"
+    )]
     pub refresh_worker: bool,
 
     /// Streaming handlers: the final result carries all chunks instead of `[]`.
-    #[arg(long = "return_aggregate_stream", alias = "return-aggregate-stream",
-          env = "RUNPOD_RETURN_AGGREGATE_STREAM")]
+    #[arg(
+        long = "return_aggregate_stream",
+        alias = "return-aggregate-stream",
+        env = "RUNPOD_RETURN_AGGREGATE_STREAM"
+    )]
     pub return_aggregate_stream: bool,
 
     /// job-take URL template (set by RunPod; `$ID` = worker id). Selects serverless mode.

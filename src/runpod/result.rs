@@ -249,8 +249,14 @@ mod tests {
             map(json!({"error": "failed", "details": [1]})),
             json!({"output": {"details": [1]}, "error": "failed"})
         );
-        assert_eq!(map(json!({"error": ["a", "b"]})), json!({"error": ["a", "b"]}));
-        assert_eq!(map(json!({"error": "", "x": 1})), json!({"output": {"x": 1}}));
+        assert_eq!(
+            map(json!({"error": ["a", "b"]})),
+            json!({"error": ["a", "b"]})
+        );
+        assert_eq!(
+            map(json!({"error": "", "x": 1})),
+            json!({"output": {"x": 1}})
+        );
         assert_eq!(
             map(json!({"refresh_worker": true, "x": 1})),
             json!({"output": {"x": 1}, "stopPod": true})
@@ -291,7 +297,10 @@ mod tests {
         assert_eq!(parsed["hostname"], "pod-1234abcd");
         assert_eq!(parsed["worker_id"], "pod");
         assert_eq!(parsed["runpod_version"], SDK_COMPAT_VERSION);
-        assert_eq!(parsed["error_traceback"], "InvalidInput: bad \"width\" é 😀");
+        assert_eq!(
+            parsed["error_traceback"],
+            "InvalidInput: bad \"width\" é 😀"
+        );
         assert!(body.is_error());
         assert!(body.output.is_none());
     }

@@ -150,6 +150,9 @@ struct Api {
     who: WorkerIdentity,
     timings: Timings,
     http: reqwest::Client,
+    /// Fires on shutdown; requests that wait for a job give up then, so that the server's
+    /// graceful shutdown does not hang on them.
+    stop: CancellationToken,
 }
 
 impl Api {
@@ -165,7 +168,13 @@ impl Api {
         self.handler.get().map(|(_, cfg)| cfg.streaming)
     }
 
-    fn enqueue(&self, sub: Submission, id: String, flavor: Flavor, retention: Duration) -> watch::Receiver<bool> {
+    fn enqueue(
+        &self,
+        sub: Submission,
+        id: String,
+        flavor: Flavor,
+        retention: Duration,
+    ) -> watch::Receiver<bool> {
         let (done, rx) = watch::channel(false);
         let record = Record {
             id: id.clone(),
@@ -198,7 +207,9 @@ impl Api {
     fn next_job(&self) -> Option<(Job, CancellationToken, Option<Duration>)> {
         let mut store = self.store();
         while let Some(id) = store.queue.pop_front() {
-            let Some(rec) = store.jobs.get_mut(&id) else { continue };
+            let Some(rec) = store.jobs.get_mut(&id) else {
+                continue;
+            };
             if rec.status != Status::InQueue {
                 continue;
             }
@@ -223,7 +234,9 @@ impl Api {
             Status::Failed | Status::TimedOut => store.failed += 1,
             _ => {}
         }
-        let Some(rec) = store.jobs.get_mut(id) else { return };
+        let Some(rec) = store.jobs.get_mut(id) else {
+            return;
+        };
         rec.status = status;
         rec.output = output;
         rec.error = error;
@@ -248,7 +261,12 @@ impl Api {
         });
         drop(store);
         if let Some((url, payload)) = hook {
-            tokio::spawn(send_webhook(self.http.clone(), url, payload, self.timings.clone()));
+            tokio::spawn(send_webhook(
+                self.http.clone(),
+                url,
+                payload,
+                self.timings.clone(),
+            ));
         }
     }
 }
@@ -275,6 +293,7 @@ async fn send_webhook(http: reqwest::Client, url: String, payload: Value, timing
 }
 
 /// A validated `/run` / `/runsync` body.
+#[derive(Debug)]
 struct Submission {
     input: Value,
     webhook: Option<String>,
@@ -322,24 +341,66 @@ fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-/// Reads a JSON body of at most `limit` bytes; 413 with a JSON error beyond it.
-async fn read_json(headers: &HeaderMap, body: Body, limit: usize, route: &str) -> Result<Value, Response> {
+/// Reads a JSON body of at most `limit` bytes; 413 with a JSON error beyond it. An
+/// oversized body is still read (and discarded, up to a cap) before answering, so that
+/// clients that write the whole body first get to see the 413 instead of a broken pipe.
+async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    route: &str,
+) -> Result<Value, Response> {
+    use futures::StreamExt as _;
     let too_large = || {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds the {} MB limit of {route}", limit / (1024 * 1024)),
+            format!(
+                "request body exceeds the {} MB limit of {route}",
+                limit / (1024 * 1024)
+            ),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    let drain_cap = limit.saturating_mul(4);
+    let mut over = declared.is_some_and(|n| n > limit);
+    if declared.is_some_and(|n| n > drain_cap) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("request body is not valid JSON: {e}")))
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            )
+        })?;
+        seen += chunk.len();
+        if seen > limit {
+            over = true;
+            buf = Vec::new();
+        }
+        if over {
+            if seen > drain_cap {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if over {
+        return Err(too_large());
+    }
+    serde_json::from_slice(&buf).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 fn new_id(prefix: &str) -> String {
@@ -387,7 +448,10 @@ async fn v2_runsync(
         .unwrap_or(api.timings.runsync_default_wait);
     let id = new_id("sync-");
     let mut done = api.enqueue(sub, id.clone(), Flavor::Cloud, api.timings.retention_sync);
-    let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+    tokio::select! {
+        _ = tokio::time::timeout(wait, done.wait_for(|d| *d)) => {}
+        _ = api.stop.cancelled() => {}
+    }
     let store = api.store();
     match store.jobs.get(&id) {
         Some(rec) if rec.status.is_final() => Json(rec.status_json(&api.worker_id)).into_response(),
@@ -403,7 +467,10 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-async fn v2_status(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, String)>) -> Response {
+async fn v2_status(
+    State(api): State<Arc<Api>>,
+    Path((_ep, id)): Path<(String, String)>,
+) -> Response {
     let store = api.store();
     match store.jobs.get(&id) {
         Some(rec) => Json(rec.status_json(&api.worker_id)).into_response(),
@@ -412,7 +479,10 @@ async fn v2_status(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, S
 }
 
 /// Returns the chunks streamed since the last call (the Python client relies on that).
-async fn v2_stream(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, String)>) -> Response {
+async fn v2_stream(
+    State(api): State<Arc<Api>>,
+    Path((_ep, id)): Path<(String, String)>,
+) -> Response {
     let mut store = api.store();
     match store.jobs.get_mut(&id) {
         Some(rec) => {
@@ -427,7 +497,10 @@ async fn v2_stream(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, S
     }
 }
 
-async fn v2_cancel(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, String)>) -> Response {
+async fn v2_cancel(
+    State(api): State<Arc<Api>>,
+    Path((_ep, id)): Path<(String, String)>,
+) -> Response {
     let mut store = api.store();
     let Some(rec) = store.jobs.get_mut(&id) else {
         return not_found(&id);
@@ -447,11 +520,18 @@ async fn v2_cancel(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, S
         }
         _ => {}
     }
-    let status = store.jobs.get(&id).map(|r| r.status.as_str()).unwrap_or("CANCELLED");
+    let status = store
+        .jobs
+        .get(&id)
+        .map(|r| r.status.as_str())
+        .unwrap_or("CANCELLED");
     Json(json!({"id": id, "status": status})).into_response()
 }
 
-async fn v2_retry(State(api): State<Arc<Api>>, Path((_ep, id)): Path<(String, String)>) -> Response {
+async fn v2_retry(
+    State(api): State<Arc<Api>>,
+    Path((_ep, id)): Path<(String, String)>,
+) -> Response {
     let mut store = api.store();
     let Some(rec) = store.jobs.get_mut(&id) else {
         return not_found(&id);
@@ -553,9 +633,16 @@ fn dev_not_found(id: &str) -> Response {
     Json(json!({"id": id, "status": "FAILED", "error": "Job ID not found"})).into_response()
 }
 
-async fn dev_submit(api: &Arc<Api>, headers: &HeaderMap, body: Body, limit: usize, route: &str) -> Result<(String, watch::Receiver<bool>), Response> {
+async fn dev_submit(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    route: &str,
+) -> Result<(String, watch::Receiver<bool>), Response> {
     let value = read_json(headers, body, limit, route).await?;
-    let sub = parse_submission(value, true).map_err(|e| error_response(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let sub = parse_submission(value, true)
+        .map_err(|e| error_response(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let id = format!("test-{}", uuid::Uuid::new_v4());
     let rx = api.enqueue(sub, id.clone(), Flavor::Dev, api.timings.retention_run);
     Ok((id, rx))
@@ -569,11 +656,15 @@ async fn dev_run(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
 }
 
 async fn dev_runsync(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
-    let (id, mut done) = match dev_submit(&api, &headers, body, RUNSYNC_BODY_LIMIT, "/runsync").await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let _ = done.wait_for(|d| *d).await;
+    let (id, mut done) =
+        match dev_submit(&api, &headers, body, RUNSYNC_BODY_LIMIT, "/runsync").await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    tokio::select! {
+        _ = done.wait_for(|d| *d) => {}
+        _ = api.stop.cancelled() => {}
+    }
     let store = api.store();
     match store.jobs.get(&id) {
         Some(rec) => Json(dev_result(rec)).into_response(),
@@ -584,7 +675,10 @@ async fn dev_runsync(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body
 /// Waits until the job is final; `None` for unknown ids.
 async fn wait_final(api: &Arc<Api>, id: &str) -> Option<()> {
     let mut rx = api.store().jobs.get(id)?.done.subscribe();
-    let _ = rx.wait_for(|d| *d).await;
+    tokio::select! {
+        _ = rx.wait_for(|d| *d) => {}
+        _ = api.stop.cancelled() => {}
+    }
     Some(())
 }
 
@@ -615,7 +709,11 @@ async fn dev_stream(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Resp
     if rec.status != Status::Completed {
         return Json(dev_result(rec)).into_response();
     }
-    let chunks: Vec<Value> = rec.all_stream.iter().map(|c| json!({"output": c})).collect();
+    let chunks: Vec<Value> = rec
+        .all_stream
+        .iter()
+        .map(|c| json!({"output": c}))
+        .collect();
     Json(json!({"id": id, "status": "COMPLETED", "stream": chunks})).into_response()
 }
 
@@ -642,7 +740,10 @@ async fn require_key(State(api): State<Arc<Api>>, req: Request, next: Next) -> R
                 v.strip_prefix("Bearer ").map(str::trim).unwrap_or(v)
             });
         if !given.is_some_and(|g| same_key(g, key)) {
-            return error_response(StatusCode::UNAUTHORIZED, "401 Unauthorized: missing or wrong API key");
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: missing or wrong API key",
+            );
         }
     }
     next.run(req).await
@@ -652,8 +753,14 @@ fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v2/{endpoint_id}/run", post(v2_run))
         .route("/v2/{endpoint_id}/runsync", post(v2_runsync))
-        .route("/v2/{endpoint_id}/status/{id}", get(v2_status).post(v2_status))
-        .route("/v2/{endpoint_id}/stream/{id}", get(v2_stream).post(v2_stream))
+        .route(
+            "/v2/{endpoint_id}/status/{id}",
+            get(v2_status).post(v2_status),
+        )
+        .route(
+            "/v2/{endpoint_id}/stream/{id}",
+            get(v2_stream).post(v2_stream),
+        )
         .route("/v2/{endpoint_id}/cancel/{id}", post(v2_cancel))
         .route("/v2/{endpoint_id}/retry/{id}", post(v2_retry))
         .route("/v2/{endpoint_id}/purge-queue", post(v2_purge))
@@ -667,7 +774,12 @@ fn router(api: Arc<Api>) -> Router {
 }
 
 /// One of `concurrency` job runners.
-async fn runner(api: Arc<Api>, handler: Arc<dyn Handler>, cfg: HandlerConfig, stop: CancellationToken) {
+async fn runner(
+    api: Arc<Api>,
+    handler: Arc<dyn Handler>,
+    cfg: HandlerConfig,
+    stop: CancellationToken,
+) {
     loop {
         let notified = api.work.notified();
         let Some((job, cancel, timeout)) = api.next_job() else {
@@ -690,8 +802,13 @@ async fn run_one(
 ) {
     let id = job.id.clone();
     tracing::info!(job_id = %id, "Started.");
-    let (ctx, ContextReceivers { mut progress, stream }) =
-        JobContext::with_channels(&id, cancel.clone(), cfg.streaming);
+    let (
+        ctx,
+        ContextReceivers {
+            mut progress,
+            stream,
+        },
+    ) = JobContext::with_channels(&id, cancel.clone(), cfg.streaming);
     let done = CancellationToken::new();
     let progress_task = {
         let (api, id, done) = (api.clone(), id.clone(), done.clone());
@@ -757,7 +874,11 @@ async fn run_one(
             if body.stop_pod {
                 tracing::info!(job_id = %id, "result asks for a worker refresh (stopPod); ignored locally");
             }
-            let status = if body.is_error() { Status::Failed } else { Status::Completed };
+            let status = if body.is_error() {
+                Status::Failed
+            } else {
+                Status::Completed
+            };
             tracing::info!(job_id = %id, status = status.as_str(), "Finished.");
             api.finish(&id, status, body.output, body.error);
         }
@@ -799,26 +920,38 @@ pub(crate) async fn run(
         .user_agent(super::client::user_agent())
         .build()
         .context("building the webhook HTTP client")?;
+    let stop = shutdown.child_token();
     let api = Arc::new(Api {
         store: Mutex::new(Store::default()),
         work: Notify::new(),
         state: Mutex::new(WorkerState::Initializing),
         handler: OnceLock::new(),
         api_key: args.rp_api_key.clone().filter(|k| !k.is_empty()),
-        worker_id: args.pod_id.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "local".into()),
+        worker_id: args
+            .pod_id
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "local".into()),
         who: args.identity(),
         timings,
         http,
+        stop: stop.clone(),
     });
     let listener = tokio::net::TcpListener::bind((args.rp_api_host, args.rp_api_port))
         .await
-        .with_context(|| format!("binding the local endpoint API to {}:{}", args.rp_api_host, args.rp_api_port))?;
-    let addr = listener.local_addr().context("reading the listening address")?;
+        .with_context(|| {
+            format!(
+                "binding the local endpoint API to {}:{}",
+                args.rp_api_host, args.rp_api_port
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
     tracing::info!(
         "local endpoint API listening on http://{addr}/v2/<endpoint_id>/ (run, runsync, status, stream, cancel, retry, purge-queue, health); dev routes /run, /runsync, /status, /stream"
     );
 
-    let stop = shutdown.child_token();
     let init_error: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     {
         let (api, stop, init_error) = (api.clone(), stop.clone(), init_error.clone());
@@ -892,6 +1025,10 @@ mod tests {
         assert_eq!(s.webhook.as_deref(), Some("http://h"));
         assert_eq!(s.execution_timeout, Some(Duration::from_millis(1500)));
         assert!(s.extra.contains_key("s3Config"));
-        assert!(parse_submission(json!({"input": 1, "policy": {"executionTimeout": -1}}), false).is_err());
+        assert!(parse_submission(
+            json!({"input": 1, "policy": {"executionTimeout": -1}}),
+            false
+        )
+        .is_err());
     }
 }

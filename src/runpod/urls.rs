@@ -87,7 +87,9 @@ mod tests {
             "abc123",
             &format!("https://api.runpod.ai/v2/EP/job-take/$ID{GPU}"),
             &format!("https://api.runpod.ai/v2/EP/job-done/$RUNPOD_POD_ID/$ID{GPU}"),
-            Some(&format!("https://api.runpod.ai/v2/EP/job-stream/$RUNPOD_POD_ID/$ID{GPU}")),
+            Some(&format!(
+                "https://api.runpod.ai/v2/EP/job-stream/$RUNPOD_POD_ID/$ID{GPU}"
+            )),
         )
     }
 
@@ -148,7 +150,12 @@ mod tests {
         assert_eq!(u.take, "http://h/take/w?x=1");
         assert_eq!(u.stream_url("J"), None);
         // Only `$ID` is substituted in the take template (the SDK's simulator relies on it).
-        let u = JobUrls::new("w", "http://h/job-take/$RUNPOD_POD_ID?", "http://h/done", None);
+        let u = JobUrls::new(
+            "w",
+            "http://h/job-take/$RUNPOD_POD_ID?",
+            "http://h/done",
+            None,
+        );
         assert_eq!(u.take, "http://h/job-take/$RUNPOD_POD_ID?");
     }
 }

@@ -81,7 +81,9 @@ pub(crate) async fn run(
 
     let held = HeldJobs::default();
     let heartbeat = match args.heartbeat(&timings) {
-        Some(ping) => Some(Heartbeat::start(ping, held.clone()).context("starting the heartbeat thread")?),
+        Some(ping) => {
+            Some(Heartbeat::start(ping, held.clone()).context("starting the heartbeat thread")?)
+        }
         None => {
             tracing::warn!("heartbeat not started: RUNPOD_AI_API_KEY, RUNPOD_POD_ID or RUNPOD_WEBHOOK_PING missing");
             None
@@ -101,7 +103,11 @@ pub(crate) async fn run(
 
     let monitor_stop = CancellationToken::new();
     let monitor = shared.api.has_stop_channel().then(|| {
-        tokio::spawn(stop_monitor(shared.clone(), monitor_stop.clone(), timings.clone()))
+        tokio::spawn(stop_monitor(
+            shared.clone(),
+            monitor_stop.clone(),
+            timings.clone(),
+        ))
     });
 
     let tasks = TaskTracker::new();
@@ -109,7 +115,10 @@ pub(crate) async fn run(
 
     tasks.close();
     if !tasks.is_empty() {
-        tracing::info!(jobs = shared.held.len(), "no longer taking jobs; finishing the running ones");
+        tracing::info!(
+            jobs = shared.held.len(),
+            "no longer taking jobs; finishing the running ones"
+        );
     }
     tasks.wait().await;
     monitor_stop.cancel();
@@ -126,7 +135,12 @@ pub(crate) async fn run(
 }
 
 /// Takes jobs while there is room, until `stop_taking` fires (spec §6).
-async fn take_loop(shared: &Arc<Shared>, tasks: &TaskTracker, concurrency: usize, timings: &Timings) {
+async fn take_loop(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    concurrency: usize,
+    timings: &Timings,
+) {
     let stop = shared.stop_taking.clone();
     while !stop.is_cancelled() {
         let held = shared.held.len();
@@ -141,17 +155,24 @@ async fn take_loop(shared: &Arc<Shared>, tasks: &TaskTracker, concurrency: usize
         let started = Instant::now();
         // An in-flight take is not abandoned on shutdown: the server may already have
         // assigned jobs to us, and those are run (SDK behaviour).
-        let taken = match tokio::time::timeout(timings.take_timeout, shared.api.take(wanted, held > 0)).await {
-            Ok(t) => t,
-            Err(_) => {
-                tracing::warn!("job-take timed out after {:?}", timings.take_timeout);
-                continue;
-            }
-        };
+        let taken =
+            match tokio::time::timeout(timings.take_timeout, shared.api.take(wanted, held > 0))
+                .await
+            {
+                Ok(t) => t,
+                Err(_) => {
+                    tracing::warn!("job-take timed out after {:?}", timings.take_timeout);
+                    continue;
+                }
+            };
         let pause = match taken {
             Take::Jobs(jobs) => {
                 if jobs.len() > wanted {
-                    tracing::warn!(asked = wanted, got = jobs.len(), "job-take returned more jobs than asked for; running them all");
+                    tracing::warn!(
+                        asked = wanted,
+                        got = jobs.len(),
+                        "job-take returned more jobs than asked for; running them all"
+                    );
                 }
                 for job in jobs {
                     start_job(shared, tasks, job);
@@ -234,7 +255,11 @@ async fn run_job(shared: &Arc<Shared>, job: Job, cancel: CancellationToken) {
     let failed = body.is_error();
     let text = body.to_json();
     let bytes = text.len();
-    match shared.api.post_result(&id, text, shared.cfg.streaming).await {
+    match shared
+        .api
+        .post_result(&id, text, shared.cfg.streaming)
+        .await
+    {
         Ok(()) => tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             failed,
@@ -288,7 +313,9 @@ async fn post_progress(
             false,
         );
         // Progress is best-effort; it must not hold up the result for long.
-        match tokio::time::timeout(Duration::from_secs(10), shared.api.post_progress(&id, body)).await {
+        match tokio::time::timeout(Duration::from_secs(10), shared.api.post_progress(&id, body))
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!("progress update failed: {err}"),
             Err(_) => tracing::warn!("progress update timed out"),
@@ -344,7 +371,9 @@ async fn stop_monitor(shared: Arc<Shared>, stop: CancellationToken, timings: Tim
                             tracing::info!(job_id = %id, "job-stop received; cancelling the job");
                             token.cancel();
                         }
-                        None => tracing::debug!(job_id = %id, "job-stop for a job not running here"),
+                        None => {
+                            tracing::debug!(job_id = %id, "job-stop for a job not running here")
+                        }
                     }
                 }
                 timings.stop_floor.saturating_sub(started.elapsed())

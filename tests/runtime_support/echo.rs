@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{json, Value};
 use sdxl_worker::runpod::{Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError};
+use serde_json::{json, Value};
 
 #[derive(Default)]
 pub struct EchoHandler {
@@ -47,8 +47,11 @@ impl Drop for ActiveGuard {
 pub fn tiny_png_base64() -> String {
     let img = image::RgbImage::from_pixel(2, 2, image::Rgb([200, 10, 10]));
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .expect("encode png");
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .expect("encode png");
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 

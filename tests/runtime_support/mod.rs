@@ -243,8 +243,14 @@ impl MockJobApi {
         let a = self.args(1);
         vec![
             ("RUNPOD_WEBHOOK_GET_JOB".into(), a.webhook_get_job.unwrap()),
-            ("RUNPOD_WEBHOOK_POST_OUTPUT".into(), a.webhook_post_output.unwrap()),
-            ("RUNPOD_WEBHOOK_POST_STREAM".into(), a.webhook_post_stream.unwrap()),
+            (
+                "RUNPOD_WEBHOOK_POST_OUTPUT".into(),
+                a.webhook_post_output.unwrap(),
+            ),
+            (
+                "RUNPOD_WEBHOOK_POST_STREAM".into(),
+                a.webhook_post_stream.unwrap(),
+            ),
             ("RUNPOD_WEBHOOK_PING".into(), a.webhook_ping.unwrap()),
             ("RUNPOD_AI_API_KEY".into(), API_KEY.into()),
             ("RUNPOD_POD_ID".into(), POD_ID.into()),
@@ -269,7 +275,9 @@ pub fn echo_worker() -> PathBuf {
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build --example echo_worker");
+        let status = cmd
+            .status()
+            .expect("running cargo build --example echo_worker");
         assert!(status.success(), "building examples/echo_worker failed");
     }
     path
