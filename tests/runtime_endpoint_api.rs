@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use runtime_support::echo::EchoHandler;
-use runtime_support::free_port;
+use runtime_support::{free_port, MockJobApi, POD_ID};
 use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -41,14 +41,24 @@ impl Server {
         concurrency: u16,
         timings: Timings,
     ) -> Server {
-        let port = free_port();
         let args = RuntimeArgs {
-            rp_serve_api: true,
-            rp_api_port: port,
             rp_api_key: api_key.map(str::to_owned),
             concurrency,
             ..RuntimeArgs::default()
         };
+        Server::start_args(args, cfg, hold_init, timings)
+    }
+
+    /// Starts the API with `args` (the port and `rp_serve_api` are set here).
+    fn start_args(
+        mut args: RuntimeArgs,
+        cfg: HandlerConfig,
+        hold_init: bool,
+        timings: Timings,
+    ) -> Server {
+        let port = free_port();
+        args.rp_serve_api = true;
+        args.rp_api_port = port;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         if !hold_init {
             tx.send(()).unwrap();
@@ -508,4 +518,31 @@ async fn results_expire_after_their_retention() {
         "run result kept too long"
     );
     s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_runs_in_serve_mode_when_configured() {
+    let mock = MockJobApi::start();
+    let mut args = mock.args(1);
+    args.webhook_get_job = None;
+    let s = Server::start_args(args, HandlerConfig::default(), false, Timings::fast());
+    let c = client();
+    let (_, r) = send(
+        c.post(format!("{}/v2/ep/run", s.base))
+            .json(&json!({"input": {"sleep_ms": 500}})),
+    )
+    .await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    wait_status(&c, &s.base, &id, "COMPLETED").await;
+    s.stop();
+    let pings = mock.of_kind("ping");
+    let busy = format!("/v2/ep/ping/{POD_ID}?job_id={id}&runpod_version=1.12.0");
+    assert!(
+        pings.iter().any(|p| p.uri == busy),
+        "no ping listed the running job"
+    );
+    assert!(
+        mock.of_kind("job-take").is_empty(),
+        "serve mode must not take platform jobs"
+    );
 }

@@ -554,3 +554,17 @@ fn missing_job_done_url_is_a_clear_startup_error() {
         "{text}"
     );
 }
+
+#[test]
+fn a_redelivered_running_job_is_not_run_twice() {
+    let api = MockJobApi::start();
+    let job = json!({"id": "DUP", "input": {"sleep_ms": 300, "return": "once"}});
+    api.push_take(TakeReply::Batch(vec![job.clone(), job]));
+    let handler = echo();
+    let w = Worker::start(&api, 2, handler.clone());
+    assert!(api.wait_until(WAIT, has_final("DUP")));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(w.stop(), ExitCode::SUCCESS);
+    assert_eq!(finals(&api, "DUP").len(), 1);
+    assert_eq!(handler.max_active.load(Ordering::SeqCst), 1);
+}

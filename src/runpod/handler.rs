@@ -327,6 +327,47 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// A [`Handler`] made from an async function or closure, for handlers without settings.
+pub struct FnHandler<F> {
+    f: F,
+    config: HandlerConfig,
+}
+
+/// Wraps `f(job, ctx)` as a [`Handler`] with the default [`HandlerConfig`].
+pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(Job, JobContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<HandlerOutput, JobError>> + Send + 'static,
+{
+    FnHandler {
+        f,
+        config: HandlerConfig::default(),
+    }
+}
+
+impl<F> FnHandler<F> {
+    /// Replaces the [`HandlerConfig`] (e.g. to make it a streaming handler).
+    pub fn with_config(mut self, config: HandlerConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(Job, JobContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<HandlerOutput, JobError>> + Send + 'static,
+{
+    async fn handle(&self, job: Job, ctx: JobContext) -> Result<HandlerOutput, JobError> {
+        (self.f)(job, ctx).await
+    }
+
+    fn config(&self) -> HandlerConfig {
+        self.config
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +398,22 @@ mod tests {
         assert_eq!(Job::from_value(json!([1])), Err(MalformedJob::NotAnObject));
         // `input: null` is present, so the SDK accepts it.
         assert!(Job::from_value(json!({"id": "J", "input": null})).is_ok());
+    }
+
+    #[tokio::test]
+    async fn closures_are_handlers() {
+        let h = handler_fn(|job: Job, ctx: JobContext| async move {
+            ctx.progress(json!(1));
+            Ok(HandlerOutput::new(json!({"id": job.id})))
+        });
+        let out = h
+            .handle(Job::new("x", json!({})), JobContext::detached("x"))
+            .await
+            .unwrap();
+        assert_eq!(out.value, json!({"id": "x"}));
+        assert_eq!(h.config(), HandlerConfig::default());
+        let dynamic: std::sync::Arc<dyn Handler> = std::sync::Arc::new(h);
+        assert!(!dynamic.config().streaming);
     }
 
     #[derive(Debug, thiserror::Error)]

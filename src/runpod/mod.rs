@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub use async_trait::async_trait;
 pub use client::{ClientError, PostError};
 pub use handler::{
-    Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError, MalformedJob, StreamSender,
+    handler_fn, FnHandler, Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError,
+    MalformedJob, StreamSender,
 };
 pub use local::{load_test_job, write_images, TestInputError};
 pub use result::{

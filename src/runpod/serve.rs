@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::{execute, log_result, result_body, Outcome};
 use super::handler::{ContextReceivers, Handler, HandlerConfig, Job, JobContext};
+use super::heartbeat::{Heartbeat, HeldJobs};
 use super::{RuntimeArgs, Timings, WorkerIdentity};
 
 /// `/run` body limit (spec §22.1).
@@ -153,6 +154,8 @@ struct Api {
     /// Fires on shutdown; requests that wait for a job give up then, so that the server's
     /// graceful shutdown does not hang on them.
     stop: CancellationToken,
+    /// Running jobs, for the heartbeat the SDK's dev server also sends when configured.
+    held: HeldJobs,
 }
 
 impl Api {
@@ -220,6 +223,7 @@ impl Api {
             job.extra = rec.extra.clone();
             let out = (job, rec.cancel.clone(), rec.execution_timeout);
             store.running += 1;
+            self.held.add(&id);
             return Some(out);
         }
         None
@@ -227,6 +231,7 @@ impl Api {
 
     /// Marks a job finished, wakes its waiters and sends its webhook.
     fn finish(&self, id: &str, status: Status, output: Option<Value>, error: Option<Value>) {
+        self.held.remove(id);
         let mut store = self.store();
         store.running = store.running.saturating_sub(1);
         match status {
@@ -936,7 +941,15 @@ pub(crate) async fn run(
         timings,
         http,
         stop: stop.clone(),
+        held: HeldJobs::default(),
     });
+    // Like the SDK's dev server: ping RunPod when the heartbeat variables are set.
+    let _heartbeat = match args.heartbeat(&api.timings) {
+        Some(ping) => Some(
+            Heartbeat::start(ping, api.held.clone()).context("starting the heartbeat thread")?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind((args.rp_api_host, args.rp_api_port))
         .await
         .with_context(|| {

@@ -22,6 +22,9 @@ use super::result::to_python_json;
 use super::urls::JobUrls;
 use super::{nonempty, RuntimeArgs, Timings, WorkerIdentity};
 
+/// job-done bodies above this size are known to be refused (spec §22.1).
+const RESULT_SIZE_WARNING: usize = 20 * 1024 * 1024;
+
 /// Cancellation tokens of the jobs that are running, by id (for job-stop).
 type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
@@ -193,8 +196,17 @@ async fn take_loop(
 
 fn start_job(shared: &Arc<Shared>, tasks: &TaskTracker, job: Job) {
     let cancel = CancellationToken::new();
+    {
+        let mut running = lock(&shared.running);
+        if running.contains_key(&job.id) {
+            // A re-delivery of a job that is running here: its result will come from the
+            // running copy, and two copies would corrupt the held-jobs accounting.
+            tracing::warn!(job_id = %job.id, "job-take delivered a job that is already running; ignored");
+            return;
+        }
+        running.insert(job.id.clone(), cancel.clone());
+    }
     shared.held.add(&job.id);
-    lock(&shared.running).insert(job.id.clone(), cancel.clone());
     let span = match job.extra.get("batchId").and_then(Value::as_str) {
         Some(batch) => tracing::info_span!("job", job_id = %job.id, batch_id = %batch),
         None => tracing::info_span!("job", job_id = %job.id),
@@ -255,6 +267,12 @@ async fn run_job(shared: &Arc<Shared>, job: Job, cancel: CancellationToken) {
     let failed = body.is_error();
     let text = body.to_json();
     let bytes = text.len();
+    if bytes > RESULT_SIZE_WARNING {
+        tracing::warn!(
+            bytes,
+            "result is larger than RunPod's ~20 MB job-done limit and may be rejected; return URLs (S3 upload) instead of inline images"
+        );
+    }
     match shared
         .api
         .post_result(&id, text, shared.cfg.streaming)
