@@ -189,3 +189,58 @@ fn init_failure_exits_nonzero_with_the_reason() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ECHO_INIT_FAIL"));
 }
+
+#[test]
+fn endpoint_api_stops_cleanly_on_sigterm_even_with_a_waiting_request() {
+    let port = runtime_support::free_port();
+    let mut child = Command::new(echo_worker())
+        .args(["--rp_serve_api", "--rp_api_port", &port.to_string()])
+        .env_remove("RUNPOD_WEBHOOK_GET_JOB")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "endpoint API did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A /runsync that would wait for a minute-long job.
+    let waiting = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = r#"{"input": {"sleep_ms": 60000}}"#;
+        write!(
+            s,
+            "POST /v2/ep/runsync HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let signalled = Instant::now();
+    let exit = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "endpoint API hung on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+    let answer = waiting.join().unwrap();
+    assert!(
+        answer.contains("IN_PROGRESS"),
+        "waiting client got: {answer}"
+    );
+}
