@@ -20,6 +20,7 @@ use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
 #[path = "../tests/runtime_support/echo.rs"]
 mod echo;
 
+/// The RunPod runtime with a test handler (see the file header).
 #[derive(Parser, Debug)]
 #[command(name = "echo_worker")]
 struct Cli {
