@@ -111,7 +111,11 @@ fn sampler_steps_match_reference() {
         let mut rngs: Vec<TorchRng> = seeds.iter().map(|&s| TorchRng::new(s)).collect();
 
         let noise = randn_batch(&mut rngs, &shape[1..], &dev).unwrap();
-        assert_eq!(flat(&noise), case_f32(id, "init_noise.npy").data, "{id}: init noise");
+        assert_eq!(
+            flat(&noise),
+            case_f32(id, "init_noise.npy").data,
+            "{id}: init noise"
+        );
         let mut x = sampler.init_latents(&noise).unwrap();
 
         // First UNet call: scale_model_input of the initial latents, [uncond, cond] with CFG.
@@ -142,7 +146,10 @@ fn sampler_steps_match_reference() {
                 worst = rel;
                 worst_case = format!("{id} step {k}");
             }
-            assert!(rel <= LATENT_TOL, "{id}: latents after step {k}: rel {rel:e}");
+            assert!(
+                rel <= LATENT_TOL,
+                "{id}: latents after step {k}: rel {rel:e}"
+            );
         }
         let fin = case_f32(id, "final_latents.npy");
         let rel = rel_max_abs(&flat(&x), &fin.data);

@@ -217,7 +217,11 @@ impl Sampler {
 
     /// The UNet input for step `step_index` (`scheduler.scale_model_input`): `x / sqrt(σ²+1)`
     /// for Euler and Euler a, `x` unchanged for DPM++ and DDIM.
-    pub fn scale_model_input(&self, x: &Tensor, step_index: usize) -> Result<Tensor, SamplingError> {
+    pub fn scale_model_input(
+        &self,
+        x: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SamplingError> {
         self.check_index(step_index)?;
         match &self.state {
             State::Sigmas { sigmas } => {
@@ -388,7 +392,9 @@ fn table_at(table: &[f32], t: i64) -> Result<f32, SamplingError> {
     usize::try_from(t)
         .ok()
         .and_then(|i| table.get(i).copied())
-        .ok_or_else(|| SamplingError::InvalidConfig(format!("timestep {t} outside the training table")))
+        .ok_or_else(|| {
+            SamplingError::InvalidConfig(format!("timestep {t} outside the training table"))
+        })
 }
 
 /// `x · s` elementwise in float32 (candle's affine is `x·mul + 0`, the same rounding).
@@ -416,7 +422,10 @@ fn euler_schedule(
     let (timesteps, sigmas_f64) = match schedule {
         SigmaSchedule::Default => {
             // The timesteps are float32 in diffusers.
-            (spaced.iter().map(|&t| t as f32 as f64).collect(), sigmas_f64)
+            (
+                spaced.iter().map(|&t| t as f32 as f64).collect(),
+                sigmas_f64,
+            )
         }
         SigmaSchedule::Karras => {
             // Euler passes its *spaced* σs, so the range is σ(first) … σ(last spaced t).
@@ -467,7 +476,11 @@ fn dpm_schedule(
                 TimestepSpacing::Linspace => {
                     let pts =
                         super::schedule::numpy_linspace_f64(0.0, (n_train - 1) as f64, steps + 1);
-                    pts.iter().rev().take(steps).map(|t| t.round_ties_even()).collect()
+                    pts.iter()
+                        .rev()
+                        .take(steps)
+                        .map(|t| t.round_ties_even())
+                        .collect()
                 }
                 TimestepSpacing::Trailing => cfg.spaced_timesteps(steps)?,
             };
@@ -498,7 +511,10 @@ mod tests {
 
     #[test]
     fn parse_names() {
-        assert_eq!(SamplerKind::parse("euler_a").unwrap(), SamplerKind::EulerAncestral);
+        assert_eq!(
+            SamplerKind::parse("euler_a").unwrap(),
+            SamplerKind::EulerAncestral
+        );
         assert_eq!(
             SamplerKind::parse_with_schedule("dpmpp_2m_karras").unwrap(),
             (SamplerKind::DpmPp2m, SigmaSchedule::Karras)
@@ -531,7 +547,8 @@ mod tests {
     #[test]
     fn euler_a_needs_one_generator_per_image() {
         let cfg = ScheduleConfig::sdxl();
-        let mut s = Sampler::new(SamplerKind::EulerAncestral, SigmaSchedule::Default, &cfg, 4).unwrap();
+        let mut s =
+            Sampler::new(SamplerKind::EulerAncestral, SigmaSchedule::Default, &cfg, 4).unwrap();
         let x = Tensor::zeros((2, 4, 2, 2), DType::F32, &candle_core::Device::Cpu).unwrap();
         let mut rngs = vec![TorchRng::new(1)];
         assert!(matches!(

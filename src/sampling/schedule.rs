@@ -377,7 +377,9 @@ mod tests {
         assert!((s[999] - 4096.0).abs() < 1.0, "{}", s[999]);
         // The rescale keeps the first ᾱ unchanged.
         let plain = ScheduleConfig::sdxl().alphas_cumprod().unwrap();
-        let z = ScheduleConfig::sdxl_v_pred_ztsnr().alphas_cumprod().unwrap();
+        let z = ScheduleConfig::sdxl_v_pred_ztsnr()
+            .alphas_cumprod()
+            .unwrap();
         assert!((plain[0] - z[0]).abs() < 1e-6);
     }
 

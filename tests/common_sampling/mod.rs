@@ -31,8 +31,18 @@ pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
     let bytes = std::fs::read(&path).unwrap();
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
     match npy.dtype().descr().trim_matches('\'') {
-        "<f4" => npy.into_vec::<f32>().unwrap().into_iter().map(f64::from).collect(),
-        "<i8" => npy.into_vec::<i64>().unwrap().into_iter().map(|v| v as f64).collect(),
+        "<f4" => npy
+            .into_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        "<i8" => npy
+            .into_vec::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
         other => panic!("{}: unexpected dtype {other}", path.display()),
     }
 }
