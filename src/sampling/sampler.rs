@@ -556,4 +556,85 @@ mod tests {
             Err(SamplingError::GeneratorCount { got: 1, batch: 2 })
         ));
     }
+
+    /// v-prediction must give the same step as ε-prediction when v is the v of the same
+    /// (x0, ε): checks the v formulas of every sampler without a v-pred reference.
+    #[test]
+    fn v_prediction_matches_epsilon() {
+        let dev = candle_core::Device::Cpu;
+        let mut rng = TorchRng::new(3);
+        let x0 = rng.randn_tensor(&[1, 4, 4, 4], &dev).unwrap();
+        let eps = rng.randn_tensor(&[1, 4, 4, 4], &dev).unwrap();
+        for kind in [
+            SamplerKind::Euler,
+            SamplerKind::EulerAncestral,
+            SamplerKind::DpmPp2m,
+            SamplerKind::Ddim,
+        ] {
+            let eps_cfg = ScheduleConfig::sdxl();
+            let v_cfg = ScheduleConfig {
+                prediction_type: PredictionType::VPrediction,
+                ..ScheduleConfig::sdxl()
+            };
+            let mut se = Sampler::new(kind, SigmaSchedule::Default, &eps_cfg, 6).unwrap();
+            let mut sv = Sampler::new(kind, SigmaSchedule::Default, &v_cfg, 6).unwrap();
+            // (a, s): x = a·x0 + s·ε in the sampler's own latent scaling.
+            let (a, s) = match kind {
+                SamplerKind::Ddim => {
+                    let ac = eps_cfg.alphas_cumprod().unwrap()[se.timesteps()[0] as usize];
+                    (ac.sqrt(), (1.0 - ac).sqrt())
+                }
+                SamplerKind::DpmPp2m => alpha_sigma(se.sigmas().unwrap()[0]),
+                _ => (1.0, se.sigmas().unwrap()[0]),
+            };
+            // v = α_vp·ε − σ_vp·x0 with the VP coefficients of this noise level.
+            let (alpha_vp, sigma_vp) = (a / (a * a + s * s).sqrt(), s / (a * a + s * s).sqrt());
+            let x =
+                (x0.affine(a as f64, 0.0).unwrap() + eps.affine(s as f64, 0.0).unwrap()).unwrap();
+            let v = (eps.affine(alpha_vp as f64, 0.0).unwrap()
+                - x0.affine(sigma_vp as f64, 0.0).unwrap())
+            .unwrap();
+            let mut r1 = vec![TorchRng::new(9)];
+            let mut r2 = vec![TorchRng::new(9)];
+            let ye = se.step(&eps, 0, &x, &mut r1).unwrap();
+            let yv = sv.step(&v, 0, &x, &mut r2).unwrap();
+            let diff = (ye - yv).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{kind:?}: eps vs v step differ by {diff}");
+        }
+    }
+
+    /// Zero-terminal-SNR v-pred with trailing spacing starts at σ = 4096 and stays finite.
+    #[test]
+    fn ztsnr_v_pred_runs_finite() {
+        let dev = candle_core::Device::Cpu;
+        let cfg = ScheduleConfig::sdxl_v_pred_ztsnr();
+        for kind in [
+            SamplerKind::Euler,
+            SamplerKind::EulerAncestral,
+            SamplerKind::DpmPp2m,
+            SamplerKind::Ddim,
+        ] {
+            let mut s = Sampler::new(kind, SigmaSchedule::Default, &cfg, 5).unwrap();
+            assert_eq!(s.timesteps()[0], 999.0);
+            let mut rngs = vec![TorchRng::new(0)];
+            let noise = rngs[0].randn_tensor(&[1, 4, 4, 4], &dev).unwrap();
+            let mut x = s.init_latents(&noise).unwrap();
+            for k in 0..s.num_steps() {
+                let v = x.affine(0.01, 0.0).unwrap();
+                x = s.step(&v, k, &x, &mut rngs).unwrap();
+            }
+            let m = x
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(m.is_finite(), "{kind:?}");
+            if kind == SamplerKind::Euler {
+                assert!((s.init_noise_sigma() - 4096.0).abs() < 1.0);
+            }
+        }
+    }
 }
