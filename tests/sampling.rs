@@ -49,6 +49,7 @@ fn sampler_for(case: &serde_json::Value) -> Sampler {
 #[test]
 fn schedules_match_reference() {
     let mut worst_sigma = 0f64;
+    let mut inexact = 0usize;
     for case in manifest()["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
         let sampler = sampler_for(case);
@@ -79,10 +80,15 @@ fn schedules_match_reference() {
                 ((*g as f64 - *w as f64) / *w as f64).abs()
             };
             worst_sigma = worst_sigma.max(rel);
+            if g != w {
+                inexact += 1;
+            }
             assert!(rel <= SIGMA_TOL, "{id}: sigma {g} vs {w} (rel {rel:e})");
         }
     }
-    eprintln!("worst sigma relative difference: {worst_sigma:e}");
+    // torch's vectorised float32 evaluation of `((1 − ᾱ)/ᾱ) ** 0.5` is not always correctly
+    // rounded (σ_0 is 0.68 ulp off), so a few σs differ from ours by one float32 ulp.
+    eprintln!("worst sigma relative difference: {worst_sigma:e} ({inexact} values not bit-equal)");
 }
 
 /// The full sampling chain of every case (all four samplers, 8 and 20 steps, the batch of two
