@@ -8,7 +8,7 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 
-pub use rng::TorchRng;
+pub use rng::{randn_batch, TorchRng};
 pub use sampler::{Sampler, SamplerKind};
 pub use schedule::{PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing};
 

@@ -4,7 +4,7 @@
 //! Users judge the worker on "same seed, same image" against diffusers, ComfyUI and A1111, all of
 //! which draw the initial latents (and ancestral-sampler noise) from torch's CPU generator. So
 //! the noise must be torch's, not merely "a normal distribution". Torch's CPU generator is a plain
-//! MT19937; the normal transform has two paths (see `/work/shared/spec/formats.md` §5.1):
+//! MT19937; the normal transform has two paths (torch's `normal_kernel`, CPU, float32):
 //!
 //! * `numel >= 16` (contiguous float32): fill everything with 24-bit float uniforms, then a
 //!   Box–Muller over blocks of 16 (`u1 = 1 - data[j]`, `u2 = data[j + 8]`, j < 8), redoing the

@@ -399,4 +399,28 @@ mod tests {
         assert!(ScheduleConfig::sdxl().spaced_timesteps(0).is_err());
         assert!(ScheduleConfig::sdxl().spaced_timesteps(1001).is_err());
     }
+
+    /// Linspace spacing gives fractional timesteps; σ is interpolated linearly in t.
+    #[test]
+    fn linspace_interpolates() {
+        let mut c = ScheduleConfig::sdxl();
+        c.timestep_spacing = TimestepSpacing::Linspace;
+        let t = c.spaced_timesteps(3).unwrap();
+        assert_eq!(t, vec![999.0, 499.5, 0.0]);
+        let s = c.train_sigmas().unwrap();
+        let mid = interp_table(499.5, &s);
+        assert!((mid - (s[499] as f64 + s[500] as f64) / 2.0).abs() < 1e-6);
+        assert_eq!(interp_table(999.0, &s), s[999] as f64);
+    }
+
+    /// `_sigma_to_t` inverts the table at its own entries.
+    #[test]
+    fn sigma_to_t_roundtrip() {
+        let s = ScheduleConfig::sdxl().train_sigmas().unwrap();
+        let logs: Vec<f32> = s.iter().map(|v| v.ln()).collect();
+        for t in [0usize, 1, 250, 998, 999] {
+            let got = sigma_to_t(s[t] as f64, &logs);
+            assert!((got - t as f64).abs() < 1e-3, "{t}: {got}");
+        }
+    }
 }
