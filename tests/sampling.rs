@@ -86,8 +86,9 @@ fn schedules_match_reference() {
             assert!(rel <= SIGMA_TOL, "{id}: sigma {g} vs {w} (rel {rel:e})");
         }
     }
-    // torch's vectorised float32 evaluation of `((1 − ᾱ)/ᾱ) ** 0.5` is not always correctly
-    // rounded (σ_0 is 0.68 ulp off), so a few σs differ from ours by one float32 ulp.
+    // torch's float32 `((1 − ᾱ)/ᾱ) ** 0.5` is not always correctly rounded (σ_0 is 0.68 ulp
+    // off; its CPU sqrt goes through a vector math library), so a few σs differ from our
+    // IEEE sqrt by one float32 ulp.
     eprintln!("worst sigma relative difference: {worst_sigma:e} ({inexact} values not bit-equal)");
 }
 

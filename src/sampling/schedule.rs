@@ -174,7 +174,9 @@ impl ScheduleConfig {
         Ok(alphas_cumprod_raw(&self.betas()?))
     }
 
-    /// Training σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), float32, ascending in t.
+    /// Training σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), float32, ascending in t. IEEE sqrt: torch's CPU
+    /// result is off by one ulp for a few t (its vectorised sqrt is not always correctly
+    /// rounded), which moves the latents by ~1e-7 relative; not worth imitating.
     pub fn train_sigmas(&self) -> Result<Vec<f32>, SamplingError> {
         Ok(self
             .alphas_cumprod()?
