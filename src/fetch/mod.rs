@@ -1,12 +1,968 @@
 //! Model fetcher: `models.toml`, Civitai / Hugging Face / URL downloads into a verified,
-//! resumable, content-addressed cache.
+//! resumable, content-addressed cache, and the cold-start prefetch that makes every entry
+//! local before the worker loads it.
+//!
+//! Entry point: [`prefetch`] with [`FetchArgs`] and a [`Manifest`].
+
+pub mod air;
+pub mod cache;
+pub mod civitai;
+pub mod download;
+pub mod error;
+pub(crate) mod hf;
+pub mod manifest;
+pub mod names;
+pub mod progress;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use thiserror::Error;
+
+pub use air::{Air, AirError};
+pub use cache::{Cache, CivitaiInfo, Sidecar};
+pub use civitai::CivitaiClient;
+pub use error::EntryError;
+pub use manifest::{FileChoice, Manifest, ManifestEntry, ManifestError, ModelKind, Source};
+pub use progress::ProgressMode;
+
+use download::{Expect, ResolvedUrl, Resolver};
+use progress::{human_bytes, ProgressHub};
+
+/// A secret from the command line or environment. `Debug`/`Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(s.into())
+    }
+    /// The raw value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretString(s.trim().to_string()))
+    }
+}
 
 /// Flags of the model fetcher.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct FetchArgs {
-    /// Path of the model manifest.
+    /// Path of the model manifest (`[[checkpoint]]`, `[[lora]]`, `[vae]`).
     #[arg(long = "models", env = "MODELS_TOML", default_value = "models.toml")]
-    pub models: std::path::PathBuf,
+    pub models: PathBuf,
+    /// Model cache directory. Default: `/runpod-volume/sdxl-worker` when a RunPod network
+    /// volume is mounted (shared by all workers), else `./.cache/sdxl-worker`.
+    #[arg(long = "cache-dir", env = "MODEL_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Download every model in the manifest, then exit (for baking images or volumes).
+    #[arg(long = "prefetch-only", env = "PREFETCH_ONLY", default_value_t = false)]
+    pub prefetch_only: bool,
+    /// Civitai base URL (a mirror or a test server).
+    #[arg(
+        long = "civitai-base-url",
+        env = "CIVITAI_BASE_URL",
+        default_value = "https://civitai.com"
+    )]
+    pub civitai_base_url: url::Url,
+    /// Civitai API key, sent as `Authorization: Bearer` to Civitai only.
+    #[arg(long = "civitai-token", env = "CIVITAI_TOKEN", hide_env_values = true)]
+    pub civitai_token: Option<SecretString>,
+    /// How many files download at once.
+    #[arg(long = "download-concurrency", env = "DOWNLOAD_CONCURRENCY", default_value_t = 4,
+          value_parser = parse_concurrency)]
+    pub download_concurrency: usize,
+    /// Retries per file for dropped connections, 429 and 5xx (with exponential backoff).
+    #[arg(
+        long = "download-retries",
+        env = "DOWNLOAD_RETRIES",
+        default_value_t = 6
+    )]
+    pub download_retries: u32,
+}
+
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number from 1 to 64")),
+    }
+}
+
+impl fmt::Debug for FetchArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchArgs")
+            .field("models", &self.models)
+            .field("cache_dir", &self.cache_dir)
+            .field("prefetch_only", &self.prefetch_only)
+            .field("civitai_base_url", &self.civitai_base_url.as_str())
+            .field(
+                "civitai_token",
+                &self.civitai_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("download_concurrency", &self.download_concurrency)
+            .field("download_retries", &self.download_retries)
+            .finish()
+    }
+}
+
+impl FetchArgs {
+    /// Defaults for embedding and tests (what the CLI gives with no flags, minus env vars).
+    pub fn new(models: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
+        FetchArgs {
+            models: models.into(),
+            cache_dir: Some(cache_dir.into()),
+            prefetch_only: false,
+            civitai_base_url: url::Url::parse("https://civitai.com").expect("static URL"),
+            civitai_token: None,
+            download_concurrency: 4,
+            download_retries: 6,
+        }
+    }
+
+    /// The cache directory in effect.
+    pub fn cache_dir(&self) -> PathBuf {
+        match &self.cache_dir {
+            Some(d) => d.clone(),
+            None if Path::new("/runpod-volume").is_dir() => {
+                PathBuf::from("/runpod-volume/sdxl-worker")
+            }
+            None => PathBuf::from("./.cache/sdxl-worker"),
+        }
+    }
+}
+
+/// Knobs that are not user flags: timing of retries, progress display, and a write limit that
+/// lets tests simulate a full disk without a small filesystem.
+#[derive(Debug, Clone)]
+pub struct PrefetchOptions {
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub max_retries: u32,
+    pub progress: ProgressMode,
+    /// Fail writes with `StorageFull` once a part file would exceed this many bytes.
+    pub write_limit: Option<u64>,
+}
+
+impl PrefetchOptions {
+    pub fn from_args(args: &FetchArgs) -> Self {
+        PrefetchOptions {
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            max_retries: args.download_retries,
+            progress: ProgressMode::Auto,
+            write_limit: None,
+        }
+    }
+}
+
+/// Civitai identity of a resolved file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CivitaiIds {
+    pub model_id: u64,
+    pub version_id: u64,
+    pub file_id: u64,
+}
+
+/// A model file that is on local disk and verified.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResolvedModel {
+    pub kind: ModelKind,
+    /// Name requests use (`name` in models.toml, else the file name without extension).
+    pub name: String,
+    /// File to load (a verified blob in the cache, or the user's own file for `path =`).
+    pub path: PathBuf,
+    pub file_name: String,
+    pub size: u64,
+    /// Uppercase hex.
+    pub sha256: String,
+    /// First 10 hex digits of the SHA-256 (A1111 "Model hash").
+    pub autov2: String,
+    /// LoRA label hash (first 12 hex of the payload SHA-256): Civitai's value when it lists
+    /// one, else computed locally. `None` for checkpoints and VAEs.
+    pub autov3: Option<String>,
+    pub civitai: Option<CivitaiIds>,
+    /// Every hash Civitai lists for the file (empty for other sources).
+    pub civitai_hashes: BTreeMap<String, String>,
+    pub air: Option<String>,
+    pub trigger_words: Vec<String>,
+    pub base_model: Option<String>,
+    /// LoRA strength when a request does not give one (1.0 unless models.toml says otherwise).
+    pub default_weight: Option<f32>,
+    /// Where it came from, for logs.
+    pub source: String,
+    /// 1-based line of the entry in models.toml.
+    pub manifest_line: usize,
+}
+
+/// Everything the worker serves, in manifest order.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ResolvedModels {
+    pub models: Vec<ResolvedModel>,
+}
+
+impl ResolvedModels {
+    /// The first checkpoint in models.toml.
+    pub fn default_checkpoint(&self) -> Option<&ResolvedModel> {
+        self.checkpoints().next()
+    }
+    pub fn checkpoints(&self) -> impl Iterator<Item = &ResolvedModel> {
+        self.models
+            .iter()
+            .filter(|m| m.kind == ModelKind::Checkpoint)
+    }
+    pub fn loras(&self) -> impl Iterator<Item = &ResolvedModel> {
+        self.models.iter().filter(|m| m.kind == ModelKind::Lora)
+    }
+    pub fn vae(&self) -> Option<&ResolvedModel> {
+        self.models.iter().find(|m| m.kind == ModelKind::Vae)
+    }
+    /// Case-insensitive lookup by request name.
+    pub fn find(&self, kind: ModelKind, name: &str) -> Option<&ResolvedModel> {
+        self.models
+            .iter()
+            .find(|m| m.kind == kind && m.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// One failed entry.
+#[derive(Debug)]
+pub struct EntryFailure {
+    /// e.g. `lora "detail" (civitai version 135867, models.toml:12)`.
+    pub entry: String,
+    pub error: EntryError,
+}
+
+/// Why the prefetch failed.
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("model cache: {0}")]
+    Cache(EntryError),
+    #[error("{}", format_failures(.0))]
+    Entries(Vec<EntryFailure>),
+    #[error("two {kind} entries resolve to the name \"{name}\" (models.toml lines {first} and {second}); give one of them a `name`")]
+    DuplicateName {
+        kind: ModelKind,
+        name: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+fn format_failures(f: &[EntryFailure]) -> String {
+    let mut s = format!("{} model file(s) could not be fetched:", f.len());
+    for e in f {
+        s.push_str(&format!("\n  - {}: {}", e.entry, e.error));
+    }
+    s
+}
+
+/// Shared state of one prefetch run.
+struct Ctx {
+    cache: Cache,
+    civitai: CivitaiClient,
+    data: reqwest::Client,
+    opts: PrefetchOptions,
+    hub: ProgressHub,
+}
+
+/// Result of fetching one entry, before naming.
+struct Fetched {
+    path: PathBuf,
+    sidecar: Sidecar,
+    transferred: u64,
+    cached: bool,
+}
+
+/// Builds the two HTTP clients: one for Civitai's API that never follows redirects (so the
+/// bearer token cannot travel to storage), one for storage/URLs that never carries credentials.
+fn clients() -> Result<(reqwest::Client, reqwest::Client), FetchError> {
+    let api = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(civitai::USER_AGENT_VALUE)
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| FetchError::Client(e.to_string()))?;
+    let data = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .user_agent(civitai::USER_AGENT_VALUE)
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| FetchError::Client(e.to_string()))?;
+    Ok((api, data))
+}
+
+/// Makes every manifest entry available locally; see [`prefetch_with`].
+pub async fn prefetch(args: &FetchArgs, manifest: &Manifest) -> Result<ResolvedModels, FetchError> {
+    prefetch_with(args, manifest, &PrefetchOptions::from_args(args)).await
+}
+
+/// Fetches all entries concurrently (at most `download_concurrency` at once), verifies them and
+/// returns them in manifest order. Any failed entry fails the whole prefetch; the error lists
+/// every failed entry.
+pub async fn prefetch_with(
+    args: &FetchArgs,
+    manifest: &Manifest,
+    opts: &PrefetchOptions,
+) -> Result<ResolvedModels, FetchError> {
+    let started = Instant::now();
+    let cache = Cache::open(args.cache_dir()).map_err(FetchError::Cache)?;
+    let (api, data) = clients()?;
+    let ctx = Arc::new(Ctx {
+        cache,
+        civitai: CivitaiClient::new(
+            api,
+            args.civitai_base_url.clone(),
+            args.civitai_token.clone(),
+            opts.clone(),
+        ),
+        data,
+        opts: opts.clone(),
+        hub: ProgressHub::new(opts.progress),
+    });
+    let span = tracing::info_span!("prefetch", entries = manifest.entries.len());
+    let _enter = span.enter();
+    tracing::info!(
+        cache = %ctx.cache.root().display(),
+        entries = manifest.entries.len(),
+        "fetching models"
+    );
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(
+        args.download_concurrency.max(1),
+    ));
+    let manifest_name = manifest.display_name();
+    let mut tasks = Vec::new();
+    for entry in manifest.entries.iter().cloned() {
+        let ctx = ctx.clone();
+        let semaphore = semaphore.clone();
+        let label = entry.describe(&manifest_name);
+        tasks.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let t0 = Instant::now();
+            let result = fetch_entry(&ctx, &entry, &label).await;
+            (entry, label, result, t0.elapsed())
+        }));
+    }
+    let mut resolved = Vec::new();
+    let mut failures = Vec::new();
+    let (mut downloaded_bytes, mut downloaded_files, mut cached_files) = (0u64, 0usize, 0usize);
+    for task in tasks {
+        let (entry, label, result, elapsed) = match task.await {
+            Ok(v) => v,
+            Err(e) => {
+                failures.push(EntryFailure {
+                    entry: "a model entry".into(),
+                    error: EntryError::BadMetadata(format!("fetch task panicked: {e}")),
+                });
+                continue;
+            }
+        };
+        match result {
+            Ok(f) => {
+                if f.cached {
+                    cached_files += 1;
+                } else {
+                    downloaded_files += 1;
+                }
+                downloaded_bytes += f.transferred;
+                tracing::debug!(entry = %label, ms = elapsed.as_millis() as u64, "entry ready");
+                resolved.push(to_resolved(&entry, f));
+            }
+            Err(error) => {
+                tracing::error!(entry = %label, error = %error, "model fetch failed");
+                failures.push(EntryFailure {
+                    entry: label,
+                    error,
+                });
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(FetchError::Entries(failures));
+    }
+    let mut seen: HashMap<(ModelKind, String), usize> = HashMap::new();
+    for m in &resolved {
+        if let Some(first) = seen.insert((m.kind, m.name.to_lowercase()), m.manifest_line) {
+            return Err(FetchError::DuplicateName {
+                kind: m.kind,
+                name: m.name.clone(),
+                first,
+                second: m.manifest_line,
+            });
+        }
+    }
+    for m in &resolved {
+        if m.path.starts_with(ctx.cache.root()) {
+            ctx.cache.link_name(m.kind, &m.name, &m.sha256);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "models ready: {} file(s) ({} downloaded, {} from cache), {} transferred in {:.1}s ({}/s)",
+        resolved.len(),
+        downloaded_files,
+        cached_files,
+        human_bytes(downloaded_bytes),
+        secs,
+        human_bytes((downloaded_bytes as f64 / secs.max(1e-3)) as u64)
+    );
+    Ok(ResolvedModels { models: resolved })
+}
+
+fn to_resolved(entry: &ManifestEntry, f: Fetched) -> ResolvedModel {
+    let s = f.sidecar;
+    let civ = s.civitai.clone();
+    let name = entry
+        .name
+        .clone()
+        .unwrap_or_else(|| names::stem(&names::sanitize_file_name(&s.file_name)));
+    let civitai_hashes = civ.as_ref().map(|c| c.hashes.clone()).unwrap_or_default();
+    let autov3 = if entry.kind == ModelKind::Lora {
+        civitai_hashes
+            .get("AutoV3")
+            .cloned()
+            .or_else(|| s.autov3.clone())
+    } else {
+        None
+    };
+    ResolvedModel {
+        kind: entry.kind,
+        name,
+        path: f.path,
+        file_name: s.file_name.clone(),
+        size: s.size,
+        autov2: s.sha256[..10.min(s.sha256.len())].to_string(),
+        sha256: s.sha256.clone(),
+        autov3,
+        civitai: civ.as_ref().map(|c| CivitaiIds {
+            model_id: c.model_id,
+            version_id: c.version_id,
+            file_id: c.file_id,
+        }),
+        civitai_hashes,
+        air: civ.as_ref().and_then(|c| c.air.clone()),
+        trigger_words: civ
+            .as_ref()
+            .map(|c| c.trained_words.clone())
+            .unwrap_or_default(),
+        base_model: civ.as_ref().and_then(|c| c.base_model.clone()),
+        default_weight: (entry.kind == ModelKind::Lora).then(|| entry.weight.unwrap_or(1.0)),
+        source: s.source,
+        manifest_line: entry.line,
+    }
+}
+
+async fn fetch_entry(ctx: &Ctx, entry: &ManifestEntry, label: &str) -> Result<Fetched, EntryError> {
+    // A pinned file already in the cache needs no network at all (offline start).
+    if let Some(pin) = &entry.sha256 {
+        if let Some((path, sidecar)) = ctx.cache.lookup(pin) {
+            tracing::info!(entry = label, "cache hit (sha256 pinned; no network)");
+            return Ok(Fetched {
+                path,
+                sidecar,
+                transferred: 0,
+                cached: true,
+            });
+        }
+    }
+    match &entry.source {
+        Source::Civitai {
+            version_id,
+            model_id,
+        } => fetch_civitai(ctx, entry, label, *version_id, *model_id).await,
+        Source::HuggingFace {
+            repo,
+            file,
+            revision,
+        } => fetch_hf(ctx, entry, label, repo, file, revision.as_deref()).await,
+        Source::Url(url) => fetch_url(ctx, entry, label, url).await,
+        Source::Path(path) => fetch_path(ctx, entry, label, path).await,
+    }
+}
+
+fn civitai_index_key(version_id: u64, choice: &FileChoice) -> String {
+    cache::key_for(&format!(
+        "civitai:{version_id}:{:?}:{:?}:{:?}",
+        choice.file_id, choice.fp, choice.size
+    ))
+}
+
+async fn fetch_civitai(
+    ctx: &Ctx,
+    entry: &ManifestEntry,
+    label: &str,
+    version_id: u64,
+    model_id_hint: Option<u64>,
+) -> Result<Fetched, EntryError> {
+    let index_key = civitai_index_key(version_id, &entry.choice);
+    let version = match ctx.civitai.version(version_id).await {
+        Ok(v) => v,
+        Err(e @ (EntryError::Network { .. } | EntryError::Unavailable { .. })) => {
+            // Offline or Civitai down: a file fetched for this exact entry before still works.
+            if let Some(rec) = ctx.cache.index_get(&index_key) {
+                if let Some((path, sidecar)) = ctx.cache.lookup(&rec.sha256) {
+                    tracing::warn!(entry = label, error = %e, "Civitai unreachable; using the cached file from an earlier fetch");
+                    return Ok(Fetched {
+                        path,
+                        sidecar,
+                        transferred: 0,
+                        cached: true,
+                    });
+                }
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(m) = model_id_hint {
+        if m != version.model_id {
+            tracing::warn!(
+                entry = label,
+                air_model = m,
+                actual_model = version.model_id,
+                "AIR model id does not match the version's model; using the version"
+            );
+        }
+    }
+    let file = civitai::choose_file(&version, &entry.choice)?;
+    let listed = file.sha256();
+    if let (Some(pin), Some(listed)) = (&entry.sha256, &listed) {
+        if pin != listed {
+            return Err(EntryError::PinMismatch {
+                pinned: pin.clone(),
+                listed: listed.clone(),
+                file_id: file.id,
+            });
+        }
+    }
+    let expected_sha = entry.sha256.clone().or(listed);
+    let expected_size = file.size_bytes();
+    let file_name = names::sanitize_file_name(
+        file.name
+            .as_deref()
+            .unwrap_or(&format!("civitai-{version_id}.safetensors")),
+    );
+    let info = CivitaiInfo {
+        model_id: version.model_id,
+        version_id: version.id,
+        file_id: file.id,
+        model_name: version.model.as_ref().and_then(|m| m.name.clone()),
+        version_name: version.name.clone(),
+        model_type: version.model.as_ref().and_then(|m| m.kind.clone()),
+        base_model: version.base_model.clone(),
+        air: version.air.clone(),
+        trained_words: version.trained_words.clone().unwrap_or_default(),
+        hashes: file.hashes(),
+    };
+    let source = format!("civitai version {} file {}", version.id, file.id);
+    let make_sidecar = |sha: String, size: u64, autov3: Option<String>| Sidecar {
+        sha256: sha,
+        size,
+        file_name: file_name.clone(),
+        source: source.clone(),
+        autov3,
+        civitai: Some(info.clone()),
+        fetched_at: cache::now_unix(),
+    };
+    let record = |sha: &str, size: u64| cache::IndexRecord {
+        sha256: sha.to_string(),
+        size,
+        mtime_ns: None,
+        file_name: Some(file_name.clone()),
+    };
+
+    let lock_key = match &expected_sha {
+        Some(sha) => sha.clone(),
+        None => cache::key_for(&format!("civitai-file:{}", file.id)),
+    };
+    let hit = |ctx: &Ctx| -> Result<Option<Fetched>, EntryError> {
+        if let Some(sha) = &expected_sha {
+            if let Some((path, old)) = ctx.cache.lookup(sha) {
+                // Refresh metadata (trigger words, names) from the revalidated version.
+                let sc = make_sidecar(sha.clone(), old.size, old.autov3.clone());
+                if sc != old {
+                    ctx.cache.write_sidecar(&sc)?;
+                }
+                ctx.cache.index_put(&index_key, &record(sha, old.size))?;
+                return Ok(Some(Fetched {
+                    path,
+                    sidecar: sc,
+                    transferred: 0,
+                    cached: true,
+                }));
+            }
+        }
+        Ok(None)
+    };
+    if let Some(f) = hit(ctx)? {
+        tracing::info!(entry = label, "cache hit (metadata revalidated)");
+        return Ok(f);
+    }
+    let _lock = ctx.cache.lock(&lock_key, label).await?;
+    if let Some(f) = hit(ctx)? {
+        tracing::info!(entry = label, "cache hit (downloaded by another worker)");
+        return Ok(f);
+    }
+    check_space(&ctx.cache, &lock_key, expected_size)?;
+    let progress = ctx.hub.file(label);
+    let resolver = civitai::CivitaiResolver {
+        client: ctx.civitai.clone(),
+        version_id: version.id,
+        file_id: file.id,
+    };
+    let expect = Expect {
+        size: expected_size,
+        sha256: expected_sha.clone(),
+        autov3: entry.kind == ModelKind::Lora,
+    };
+    let result = download::download(
+        &ctx.data, &ctx.cache, &lock_key, &resolver, &expect, &ctx.opts, &progress,
+    )
+    .await;
+    let d = match result {
+        Ok(d) => d,
+        Err(e) => {
+            progress.abandon();
+            return Err(e);
+        }
+    };
+    let sidecar = make_sidecar(d.sha256.clone(), d.size, d.autov3.clone());
+    let path = ctx.cache.commit(&d.part, &sidecar)?;
+    ctx.cache
+        .index_put(&index_key, &record(&d.sha256, d.size))?;
+    progress.finish("downloaded and verified");
+    Ok(Fetched {
+        path,
+        sidecar,
+        transferred: d.bytes_transferred,
+        cached: false,
+    })
+}
+
+/// Refuses to start a download that cannot fit (spec §2.6 step 3).
+fn check_space(cache: &Cache, key: &str, size: Option<u64>) -> Result<(), EntryError> {
+    let Some(size) = size else { return Ok(()) };
+    let have = std::fs::metadata(cache.part_path(key))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let needed = size.saturating_sub(have);
+    if let Ok(available) = fs4::available_space(cache.root()) {
+        if available < needed {
+            return Err(EntryError::DiskFull {
+                path: cache.root().to_path_buf(),
+                needed,
+                available,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Plain URLs never expire and cannot be re-resolved.
+struct FixedUrl(String);
+
+#[async_trait::async_trait]
+impl Resolver for FixedUrl {
+    async fn resolve(&self) -> Result<ResolvedUrl, EntryError> {
+        Ok(ResolvedUrl {
+            url: self.0.clone(),
+            expires_at: None,
+        })
+    }
+    fn can_reresolve(&self) -> bool {
+        false
+    }
+}
+
+async fn fetch_url(
+    ctx: &Ctx,
+    entry: &ManifestEntry,
+    label: &str,
+    url: &url::Url,
+) -> Result<Fetched, EntryError> {
+    let index_key = cache::key_for(&format!("url:{url}"));
+    let reuse = |ctx: &Ctx| {
+        ctx.cache.index_get(&index_key).and_then(|rec| {
+            ctx.cache
+                .lookup(&rec.sha256)
+                .filter(|_| entry.sha256.as_ref().is_none_or(|p| *p == rec.sha256))
+        })
+    };
+    // URLs are treated as immutable: without a pin, a file fetched from the same URL before is
+    // reused (pin `sha256` to detect a changed file).
+    if let Some((path, sidecar)) = reuse(ctx) {
+        tracing::info!(entry = label, "cache hit (same URL fetched before)");
+        return Ok(Fetched {
+            path,
+            sidecar,
+            transferred: 0,
+            cached: true,
+        });
+    }
+    let lock_key = entry.sha256.clone().unwrap_or_else(|| index_key.clone());
+    let _lock = ctx.cache.lock(&lock_key, label).await?;
+    if let Some((path, sidecar)) = reuse(ctx) {
+        return Ok(Fetched {
+            path,
+            sidecar,
+            transferred: 0,
+            cached: true,
+        });
+    }
+    let progress = ctx.hub.file(label);
+    let expect = Expect {
+        size: None,
+        sha256: entry.sha256.clone(),
+        autov3: entry.kind == ModelKind::Lora,
+    };
+    let d = download::download(
+        &ctx.data,
+        &ctx.cache,
+        &lock_key,
+        &FixedUrl(url.to_string()),
+        &expect,
+        &ctx.opts,
+        &progress,
+    )
+    .await
+    .inspect_err(|_| progress.abandon())?;
+    let url_name = url
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string());
+    let raw_name = d
+        .disposition_name
+        .clone()
+        .or(url_name)
+        .unwrap_or_else(|| "model.safetensors".into());
+    if manifest::is_pickle_name(&raw_name) {
+        let _ = std::fs::remove_file(&d.part);
+        return Err(EntryError::Pickle(manifest::pickle_message(&raw_name)));
+    }
+    let mut file_name = names::sanitize_file_name(&raw_name);
+    if !file_name.to_ascii_lowercase().ends_with(".safetensors") {
+        file_name.push_str(".safetensors");
+    }
+    let sidecar = Sidecar {
+        sha256: d.sha256.clone(),
+        size: d.size,
+        file_name: file_name.clone(),
+        source: format!("url {}", names::redact_url(url)),
+        autov3: d.autov3.clone(),
+        civitai: None,
+        fetched_at: cache::now_unix(),
+    };
+    let path = ctx.cache.commit(&d.part, &sidecar)?;
+    ctx.cache.index_put(
+        &index_key,
+        &cache::IndexRecord {
+            sha256: d.sha256.clone(),
+            size: d.size,
+            mtime_ns: None,
+            file_name: Some(file_name),
+        },
+    )?;
+    progress.finish("downloaded and verified");
+    Ok(Fetched {
+        path,
+        sidecar,
+        transferred: d.bytes_transferred,
+        cached: false,
+    })
+}
+
+async fn fetch_hf(
+    ctx: &Ctx,
+    entry: &ManifestEntry,
+    label: &str,
+    repo: &str,
+    file: &str,
+    revision: Option<&str>,
+) -> Result<Fetched, EntryError> {
+    let identity = format!("hf:{repo}:{}:{file}", revision.unwrap_or("main"));
+    let index_key = cache::key_for(&identity);
+    let lock_key = entry.sha256.clone().unwrap_or_else(|| index_key.clone());
+    let _lock = ctx.cache.lock(&lock_key, label).await?;
+    if let Some(rec) = ctx.cache.index_get(&index_key) {
+        if entry.sha256.as_ref().is_none_or(|p| *p == rec.sha256) {
+            if let Some((path, sidecar)) = ctx.cache.lookup(&rec.sha256) {
+                tracing::info!(
+                    entry = label,
+                    "cache hit (same Hugging Face file fetched before)"
+                );
+                return Ok(Fetched {
+                    path,
+                    sidecar,
+                    transferred: 0,
+                    cached: true,
+                });
+            }
+        }
+    }
+    let t0 = Instant::now();
+    tracing::info!(entry = label, "downloading from Hugging Face");
+    let hf_path = hf::fetch_file(repo, file, revision, ctx.cache.root()).await?;
+    let head = read_head(&hf_path);
+    download::sniff_safetensors(&head, None)?;
+    let progress = ctx.hub.file(&format!("{label} (verifying)"));
+    let (sha, autov3, size) = download::hash_file(
+        &hf_path,
+        entry.kind == ModelKind::Lora,
+        Some(progress.clone()),
+    )
+    .await?;
+    if let Some(pin) = &entry.sha256 {
+        if *pin != sha {
+            return Err(EntryError::HashMismatch {
+                expected: pin.clone(),
+                actual: sha,
+            });
+        }
+    }
+    let file_name = names::sanitize_file_name(file);
+    let sidecar = Sidecar {
+        sha256: sha.clone(),
+        size,
+        file_name: file_name.clone(),
+        source: format!("hf {repo}/{file}@{}", revision.unwrap_or("main")),
+        autov3,
+        civitai: None,
+        fetched_at: cache::now_unix(),
+    };
+    let path = ctx.cache.adopt(&hf_path, &sidecar)?;
+    ctx.cache.index_put(
+        &index_key,
+        &cache::IndexRecord {
+            sha256: sha,
+            size,
+            mtime_ns: None,
+            file_name: Some(file_name),
+        },
+    )?;
+    progress.finish("verified");
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "hugging face fetch done"
+    );
+    Ok(Fetched {
+        path,
+        sidecar,
+        transferred: size,
+        cached: false,
+    })
+}
+
+fn read_head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = vec![0u8; 9];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => {
+            head.truncate(n);
+            head
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Local files are used in place; their hash is remembered by (path, size, mtime) so a restart
+/// does not rehash gigabytes.
+async fn fetch_path(
+    ctx: &Ctx,
+    entry: &ManifestEntry,
+    label: &str,
+    path: &Path,
+) -> Result<Fetched, EntryError> {
+    let local = |message: String| EntryError::Local {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| local(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(local("not a regular file".into()));
+    }
+    download::sniff_safetensors(&read_head(path), Some(meta.len()))
+        .map_err(|e| local(e.to_string()))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos());
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let index_key = cache::key_for(&format!("path:{}", canonical.display()));
+    let remembered = ctx
+        .cache
+        .index_get(&index_key)
+        .filter(|r| r.size == meta.len() && r.mtime_ns.is_some() && r.mtime_ns == mtime_ns);
+    let (sha, autov3, size) = match remembered {
+        Some(r) => (r.sha256, None, r.size),
+        None => {
+            let (sha, autov3, size) = download::hash_file(
+                path,
+                entry.kind == ModelKind::Lora,
+                Some(ctx.hub.file(label)),
+            )
+            .await?;
+            ctx.cache.index_put(
+                &index_key,
+                &cache::IndexRecord {
+                    sha256: sha.clone(),
+                    size,
+                    mtime_ns,
+                    file_name: None,
+                },
+            )?;
+            (sha, autov3, size)
+        }
+    };
+    // AutoV3 is cheap to recompute only when needed; a remembered LoRA hash is rehashed.
+    let (sha, autov3, size) = if entry.kind == ModelKind::Lora && autov3.is_none() {
+        download::hash_file(path, true, None).await?
+    } else {
+        (sha, autov3, size)
+    };
+    if let Some(pin) = &entry.sha256 {
+        if *pin != sha {
+            return Err(EntryError::HashMismatch {
+                expected: pin.clone(),
+                actual: sha,
+            });
+        }
+    }
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.safetensors".into());
+    Ok(Fetched {
+        path: path.to_path_buf(),
+        sidecar: Sidecar {
+            sha256: sha,
+            size,
+            file_name,
+            source: format!("path {}", path.display()),
+            autov3,
+            civitai: None,
+            fetched_at: cache::now_unix(),
+        },
+        transferred: 0,
+        cached: true,
+    })
 }
