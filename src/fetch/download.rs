@@ -448,6 +448,7 @@ pub(crate) async fn download(
                     Some((Some(start), t)) if start == offset => {
                         if let (Some(t), Some(e)) = (t, expect.size) {
                             if t != e {
+                                discard_files(&part, &state_path);
                                 return Err(EntryError::SizeMismatch {
                                     expected: e,
                                     actual: t,
@@ -476,6 +477,7 @@ pub(crate) async fn download(
                 if let Some(len) = resp.content_length() {
                     if let Some(e) = expect.size {
                         if len != e && !is_textual(&resp) {
+                            discard_files(&part, &state_path);
                             return Err(EntryError::SizeMismatch {
                                 expected: e,
                                 actual: len,
@@ -739,6 +741,11 @@ pub(crate) async fn download(
         disposition_name,
         bytes_transferred: transferred,
     })
+}
+
+fn discard_files(part: &Path, state: &Path) {
+    let _ = std::fs::remove_file(part);
+    let _ = std::fs::remove_file(state);
 }
 
 fn is_textual(resp: &reqwest::Response) -> bool {
