@@ -634,6 +634,23 @@ path = "/abs/vae.safetensors"
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../models.toml");
+        let m = Manifest::parse(text, Path::new("models.toml")).unwrap();
+        assert_eq!(m.entries[0].kind, ModelKind::Checkpoint);
+        assert_eq!(
+            m.entries[0].source,
+            Source::Civitai {
+                version_id: 128078,
+                model_id: None
+            }
+        );
+        assert!(m.entries[0].sha256.is_some());
+        assert_eq!(m.entries[1].kind, ModelKind::Lora);
+        assert_eq!(m.entries[1].weight, Some(0.8));
+    }
+
+    #[test]
     fn unknown_key_names_line() {
         let e = err("[[checkpoint]]\ncivitai = 1\nsampler = \"euler\"\n");
         assert!(e.contains("models.toml:3"), "{e}");

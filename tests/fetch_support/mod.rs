@@ -105,14 +105,14 @@ pub fn safetensors_bytes(n: usize, seed: u32) -> Vec<u8> {
 
 /// A generated safetensors-shaped file of `len` bytes (header + pseudo-random payload).
 pub fn generated(len: u64) -> Content {
-    let payload = len - 8 - 64;
+    let payload = len - 8 - 128;
     let mut header = format!(
         "{{\"w\":{{\"dtype\":\"U8\",\"shape\":[{payload}],\"data_offsets\":[0,{payload}]}}}}"
     )
     .into_bytes();
-    assert!(header.len() <= 64);
-    header.resize(64, b' ');
-    let mut head = 64u64.to_le_bytes().to_vec();
+    assert!(header.len() <= 128);
+    header.resize(128, b' ');
+    let mut head = 128u64.to_le_bytes().to_vec();
     head.extend_from_slice(&header);
     let mut block = vec![0u8; (1 << 20) + 7]; // odd length so chunks do not align
     let mut x: u64 = 0x9E3779B97F4A7C15;
