@@ -293,11 +293,13 @@ async fn sha_mismatch_is_rejected_and_not_cached() {
     assert_eq!(mock.state.count("storage", "/"), before);
 }
 
+type Edit = Box<dyn Fn(&mut MockVersion)>;
+
 #[tokio::test]
 async fn non_model_bodies_are_never_saved() {
     let (mock, dir) = setup().await;
     let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
-    let cases: Vec<(&str, Box<dyn Fn(&mut MockVersion)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "html-200",
             Box::new(|v| v.behavior = DownloadBehavior::Html200),

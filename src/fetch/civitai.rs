@@ -420,57 +420,56 @@ impl CivitaiClient {
         let url = self.endpoint(&format!(
             "/api/download/models/{version_id}?fileId={file_id}"
         ));
-        {
-            let resp = self.send(&url, "download").await;
-            let resp = match resp {
-                Err(EntryError::Quota { message, attempts }) => {
-                    return Err(EntryError::Quota { message, attempts })
-                }
-                other => other?,
-            };
-            let status = resp.status();
-            if status.is_redirection() {
-                let location = resp
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                if location.contains("/login") || location.contains("reason=download-auth") {
-                    let message = "redirected to the login page".to_string();
-                    return Err(if self.token.is_none() {
-                        EntryError::TokenMissing { message }
-                    } else {
-                        EntryError::TokenRejected {
-                            status: 401,
-                            message,
-                        }
-                    });
-                }
-                if location.starts_with("/model-versions/") {
-                    return Err(EntryError::EarlyAccess { deadline: None });
-                }
-                let target = self.base.join(&location).map_err(|_| {
-                    EntryError::BadMetadata(format!(
-                        "download redirect to an invalid location (HTTP {status})"
-                    ))
-                })?;
-                if target.scheme() != "https" && target.scheme() != "http" {
-                    return Err(EntryError::BadMetadata(format!(
-                        "download redirect to unsupported scheme `{}`",
-                        target.scheme()
-                    )));
-                }
-                let now = now_unix();
-                tracing::debug!(storage = %super::names::redact_url(&target), "resolved Civitai download");
-                return Ok(ResolvedUrl {
-                    expires_at: presigned_expiry(target.as_str(), now),
-                    url: target.into(),
+        let resp = self.send(&url, "download").await;
+        let resp = match resp {
+            Err(EntryError::Quota { message, attempts }) => {
+                return Err(EntryError::Quota { message, attempts })
+            }
+            other => other?,
+        };
+        let status = resp.status();
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if location.contains("/login") || location.contains("reason=download-auth") {
+                let message = "redirected to the login page".to_string();
+                return Err(if self.token.is_none() {
+                    EntryError::TokenMissing { message }
+                } else {
+                    EntryError::TokenRejected {
+                        status: 401,
+                        message,
+                    }
                 });
             }
-            let text = body_snippet(resp, 2000).await;
-            let body = parse_error_body(&text);
-            return Err(match status {
+            if location.starts_with("/model-versions/") {
+                return Err(EntryError::EarlyAccess { deadline: None });
+            }
+            let target = self.base.join(&location).map_err(|_| {
+                EntryError::BadMetadata(format!(
+                    "download redirect to an invalid location (HTTP {status})"
+                ))
+            })?;
+            if target.scheme() != "https" && target.scheme() != "http" {
+                return Err(EntryError::BadMetadata(format!(
+                    "download redirect to unsupported scheme `{}`",
+                    target.scheme()
+                )));
+            }
+            let now = now_unix();
+            tracing::debug!(storage = %super::names::redact_url(&target), "resolved Civitai download");
+            return Ok(ResolvedUrl {
+                expires_at: presigned_expiry(target.as_str(), now),
+                url: target.into(),
+            });
+        }
+        let text = body_snippet(resp, 2000).await;
+        let body = parse_error_body(&text);
+        Err(match status {
                 StatusCode::UNAUTHORIZED => {
                     let msg = body.message.clone().unwrap_or_default().to_ascii_lowercase();
                     if msg.contains("disabled downloads") {
@@ -522,8 +521,7 @@ impl CivitaiClient {
                     status: s.as_u16(),
                     message: body.text(),
                 },
-            });
-        }
+            })
     }
 }
 
