@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use fetch_support::*;
 use sdxl_worker::fetch::{
-    prefetch_with, EntryError, FetchArgs, FetchError, ModelKind, SecretString,
+    prefetch_with, EntryError, FetchArgs, FetchError, Manifest, ModelKind, SecretString,
 };
 
 #[tokio::test]
@@ -598,4 +598,96 @@ async fn local_path_source_is_hashed_and_pin_checked() {
     );
     let e = entry_error(prefetch_with(&a, &m, &opts()).await.unwrap_err());
     assert!(matches!(e, EntryError::HashMismatch { .. }), "{e}");
+}
+
+/// Two worker processes on one cache volume. The test binary re-runs itself as two children
+/// (this same test, selected with `--exact`, in child mode via FETCH_CHILD_SPEC); storage holds
+/// its answer until both children asked for metadata, and streams slowly, so the second child
+/// finds the first one's lock held and must wait for it.
+#[test]
+fn two_processes_share_one_download() {
+    if let Ok(spec) = std::env::var("FETCH_CHILD_SPEC") {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+        let parts: Vec<&str> = spec.split('|').collect();
+        let mut a = FetchArgs::new(parts[2], parts[1]);
+        a.civitai_base_url = url::Url::parse(parts[0]).unwrap();
+        a.civitai_token = Some(SecretString::new(TOKEN));
+        let m = Manifest::load(parts[2]).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let got = rt.block_on(prefetch_with(&a, &m, &opts())).unwrap();
+        assert_eq!(
+            got.models[0].sha256,
+            ckpt_version().files[0].content.sha256()
+        );
+        println!("CHILD-SHA {}", got.models[0].sha256);
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mock, dir) = rt.block_on(setup());
+    mock.state.chunk_size.store(16 * 1024, Ordering::Relaxed);
+    mock.state.chunk_delay_ms.store(40, Ordering::Relaxed);
+    mock.state.storage_gate.store(2, Ordering::SeqCst);
+    let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
+    let cache = dir.path().join("volume");
+    let spec = format!(
+        "{}|{}|{}",
+        mock.base_url(),
+        cache.display(),
+        m.path.display()
+    );
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "two_processes_share_one_download",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FETCH_CHILD_SPEC", &spec)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (c1, c2) = (spawn(), spawn());
+    let (o1, o2) = (
+        c1.wait_with_output().unwrap(),
+        c2.wait_with_output().unwrap(),
+    );
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let (t1, t2) = (text(&o1), text(&o2));
+    assert!(
+        o1.status.success() && o2.status.success(),
+        "child 1:\n{t1}\nchild 2:\n{t2}"
+    );
+    let sha = ckpt_version().files[0].content.sha256();
+    assert!(t1.contains(&format!("CHILD-SHA {sha}")) && t2.contains(&format!("CHILD-SHA {sha}")));
+    assert_eq!(
+        mock.state.count("storage", "/storage/"),
+        1,
+        "one download for both"
+    );
+    assert_eq!(mock.state.count("api", "/api/v1/model-versions/"), 2);
+    let waited = [&t1, &t2]
+        .iter()
+        .filter(|t| t.contains("another worker is downloading this file"))
+        .count();
+    assert_eq!(
+        waited, 1,
+        "exactly one child waited on the lock:\n{t1}\n{t2}"
+    );
+    assert_eq!(blobs(&cache).len(), 1);
 }

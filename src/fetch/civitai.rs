@@ -87,11 +87,20 @@ pub struct FileMeta {
 }
 
 impl FileInfo {
-    /// Exact byte count: `sizeKB` is bytes / 1024 as a float (spec §1.3).
-    pub fn size_bytes(&self) -> Option<u64> {
+    /// Approximate byte count: `sizeKB` is bytes / 1024 as a float (spec §1.3).
+    pub fn approx_size_bytes(&self) -> Option<u64> {
         self.size_kb
             .filter(|k| k.is_finite() && *k > 0.0)
             .map(|k| (k * 1024.0).round() as u64)
+    }
+
+    /// Exact byte count, only when `sizeKB * 1024` is (within float noise) an integer. Some
+    /// listed values are rounded to two decimals, and the SHA-256 is the authority anyway, so a
+    /// rounded size must not fail a correct download.
+    pub fn size_bytes(&self) -> Option<u64> {
+        let k = self.size_kb.filter(|k| k.is_finite() && *k > 0.0)?;
+        let bytes = k * 1024.0;
+        ((bytes - bytes.round()).abs() < 1e-3).then(|| bytes.round() as u64)
     }
 
     pub fn hashes(&self) -> BTreeMap<String, String> {
@@ -197,9 +206,19 @@ pub fn choose_file<'a>(
                 available: available(),
             })?
     } else {
-        files
-            .iter()
-            .find(|f| f.primary == Some(true))
+        // Civitai's primary file, unless it is not safetensors and another model file is.
+        let safetensors = |f: &&FileInfo| {
+            f.is_model_type()
+                && (f.meta().format.as_deref() == Some("SafeTensor")
+                    || f.name
+                        .as_deref()
+                        .is_some_and(|n| n.to_ascii_lowercase().ends_with(".safetensors")))
+        };
+        let primary = files.iter().find(|f| f.primary == Some(true));
+        primary
+            .filter(safetensors)
+            .or_else(|| files.iter().find(safetensors))
+            .or(primary)
             .or_else(|| files.iter().find(|f| f.is_model_type()))
             .ok_or_else(|| EntryError::NoMatchingFile {
                 wanted: "a primary model file".into(),

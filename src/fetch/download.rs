@@ -577,6 +577,11 @@ pub(crate) async fn download(
         if let Some(t) = total {
             progress.set_total(t);
         }
+        let host = url::Url::parse(&url.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        progress.announce(total, offset, &host);
 
         // Stream the body to the writer thread.
         let mut head = if offset > 0 {

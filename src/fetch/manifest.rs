@@ -460,6 +460,30 @@ fn convert(
                 format!("`url` must be http(s), got scheme `{}`", parsed.scheme()),
             ));
         }
+        if parsed
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("token"))
+        {
+            return Err(invalid(
+                u.span().start,
+                "`url` carries a `token=` query parameter; never put API keys in URLs (they end up in logs). Use civitai = <version id> and the CIVITAI_TOKEN environment variable".into(),
+            ));
+        }
+        let host = parsed.host_str().unwrap_or("").to_ascii_lowercase();
+        if host == "civitai.com" || host.ends_with(".civitai.com") {
+            let version = parsed
+                .path()
+                .strip_prefix("/api/download/models/")
+                .map(|v| v.trim_end_matches('/').to_string());
+            let hint = match version {
+                Some(v) => format!("civitai = {v}"),
+                None => "civitai = <version id>".into(),
+            };
+            return Err(invalid(
+                u.span().start,
+                format!("Civitai download URLs need the Civitai client (token handling, file choice, hashes); write `{hint}` instead of `url`"),
+            ));
+        }
         if let Some(last) = parsed.path_segments().and_then(|mut s| s.next_back()) {
             if is_pickle_name(last) {
                 return Err(invalid(u.span().start, pickle_message(last)));
@@ -696,6 +720,14 @@ path = "/abs/vae.safetensors"
         assert!(err("[[checkpoint]]\npath = \"a.ckpt\"\n").contains("pickle"));
         assert!(err("[[checkpoint]]\nurl = \"https://h/m.pt\"\n").contains("pickle"));
         assert!(err("[[checkpoint]]\nurl = \"ftp://h/m.safetensors\"\n").contains("http"));
+        assert!(
+            err("[[checkpoint]]\nurl = \"https://h/m.safetensors?token=abc\"\n")
+                .contains("never put API keys")
+        );
+        assert!(
+            err("[[checkpoint]]\nurl = \"https://civitai.com/api/download/models/128078\"\n")
+                .contains("civitai = 128078")
+        );
         assert!(err("[[checkpoint]]\nhf = \"a/b\"\n").contains("needs `file`"));
         assert!(
             err("[[checkpoint]]\nhf = \"a/b\"\nfile = \"../x.safetensors\"\n")

@@ -621,7 +621,7 @@ async fn fetch_civitai(
         tracing::info!(entry = label, "cache hit (downloaded by another worker)");
         return Ok(f);
     }
-    check_space(&ctx.cache, &lock_key, expected_size)?;
+    check_space(&ctx.cache, &lock_key, file.approx_size_bytes())?;
     let progress = ctx.hub.file(label);
     let resolver = civitai::CivitaiResolver {
         client: ctx.civitai.clone(),

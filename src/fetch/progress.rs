@@ -2,7 +2,7 @@
 //! line per file every few seconds (RunPod's log viewer shows lines, not redraws).
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,7 @@ impl ProgressHub {
                 start_pos: AtomicU64::new(0),
                 total: AtomicU64::new(0),
                 last_log_ms: AtomicU64::new(0),
+                announced: AtomicBool::new(false),
                 start: Instant::now(),
                 bar,
                 lines: self.mode != ProgressMode::Hidden,
@@ -71,6 +72,7 @@ struct Inner {
     start_pos: AtomicU64,
     total: AtomicU64,
     last_log_ms: AtomicU64,
+    announced: AtomicBool,
     start: Instant,
     bar: Option<indicatif::ProgressBar>,
     lines: bool,
@@ -99,6 +101,26 @@ pub(crate) fn human_bytes(n: u64) -> String {
 }
 
 impl FileProgress {
+    /// First line for a file: what is downloaded from where (host only), and the resume point.
+    pub fn announce(&self, total: Option<u64>, offset: u64, host: &str) {
+        let i = &self.inner;
+        if i.announced.swap(true, Ordering::Relaxed) || !(i.lines || i.bar.is_some()) {
+            return;
+        }
+        let size = total
+            .map(human_bytes)
+            .unwrap_or_else(|| "unknown size".into());
+        if offset > 0 {
+            tracing::info!(
+                "{}: downloading {size} from {host}, resuming at {}",
+                i.label,
+                human_bytes(offset)
+            );
+        } else {
+            tracing::info!("{}: downloading {size} from {host}", i.label);
+        }
+    }
+
     pub fn set_total(&self, total: u64) {
         self.inner.total.store(total, Ordering::Relaxed);
         if let Some(b) = &self.inner.bar {

@@ -225,6 +225,9 @@ pub struct MockState {
     pub chunk_size: AtomicUsize,
     rate_limit_count: AtomicUsize,
     pub storage_addr: Mutex<Option<SocketAddr>>,
+    /// Storage holds each response until this many metadata requests arrived (lets a test
+    /// line up two workers deterministically).
+    pub storage_gate: AtomicUsize,
     /// Plain URL files: path -> (content, content-disposition).
     pub plain: Mutex<HashMap<String, (Content, Option<String>)>>,
 }
@@ -655,6 +658,13 @@ async fn storage_handler(
             "InvalidRequest: Missing x-amz-content-sha256",
         )
             .into_response();
+    }
+    let gate = state.storage_gate.load(Ordering::SeqCst);
+    for _ in 0..1000 {
+        if state.count("api", "/api/v1/model-versions/") >= gate {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let sig = q.get("X-Amz-Signature").cloned().unwrap_or_default();
     let entry = state.signatures.lock().unwrap().get(&sig).cloned();
