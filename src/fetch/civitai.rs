@@ -562,3 +562,61 @@ impl Resolver for CivitaiResolver {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(files: serde_json::Value) -> VersionInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "modelId": 2, "trainedWords": null, "stats": {"downloadCount": null},
+            "files": files
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn sizes_are_exact_only_when_integral() {
+        let v = version(serde_json::json!([
+            {"id": 1, "sizeKB": 2082667.150390625},
+            {"id": 2, "sizeKB": 6775430.35}
+        ]));
+        let files = v.files.unwrap();
+        assert_eq!(files[0].size_bytes(), Some(2132651162));
+        assert_eq!(files[1].size_bytes(), None);
+        assert_eq!(files[1].approx_size_bytes(), Some(6938040678));
+    }
+
+    #[test]
+    fn default_choice_prefers_safetensors_over_pickle_primary() {
+        let v = version(serde_json::json!([
+            {"id": 1, "name": "m.ckpt", "type": "Model", "primary": true,
+             "metadata": {"format": "PickleTensor", "fp": "fp16"}},
+            {"id": 2, "name": "m.safetensors", "type": "Model", "primary": false,
+             "metadata": {"format": "SafeTensor", "fp": "fp16"}},
+            {"id": 3, "name": "vae.safetensors", "type": "VAE",
+             "metadata": {"format": "SafeTensor"}}
+        ]));
+        assert_eq!(choose_file(&v, &FileChoice::default()).unwrap().id, 2);
+        let e = choose_file(
+            &v,
+            &FileChoice {
+                file_id: Some(1),
+                ..FileChoice::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, EntryError::Pickle(_)), "{e}");
+    }
+
+    #[test]
+    fn dangerous_scan_results_are_refused() {
+        let v = version(serde_json::json!([
+            {"id": 1, "name": "m.safetensors", "type": "Model", "primary": true,
+             "pickleScanResult": "Success", "virusScanResult": "Danger",
+             "metadata": {"format": "SafeTensor"}}
+        ]));
+        let e = choose_file(&v, &FileChoice::default()).unwrap_err();
+        assert!(matches!(e, EntryError::Unsafe { .. }), "{e}");
+    }
+}

@@ -408,7 +408,7 @@ pub(crate) async fn download(
             break;
         }
         total_attempts += 1;
-        if total_attempts > opts.max_retries * 4 + 8 {
+        if total_attempts > opts.max_retries.saturating_mul(4).saturating_add(8) {
             return Err(EntryError::Interrupted {
                 attempts: total_attempts - 1,
                 offset,

@@ -966,3 +966,58 @@ async fn fetch_path(
         cached: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        fetch: FetchArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_token_is_redacted() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--civitai-token",
+            " 0123456789abcdef0123456789abcdef ",
+            "--cache-dir",
+            "/tmp/c",
+            "--download-concurrency",
+            "8",
+            "--prefetch-only",
+        ])
+        .unwrap();
+        let f = &cli.fetch;
+        assert_eq!(
+            f.civitai_token.as_ref().unwrap().expose(),
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(f.cache_dir(), PathBuf::from("/tmp/c"));
+        assert_eq!(f.download_concurrency, 8);
+        assert!(f.prefetch_only);
+        assert_eq!(f.civitai_base_url.as_str(), "https://civitai.com/");
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+        assert!(Cli::try_parse_from(["x", "--download-concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--civitai-base-url", "not a url"]).is_err());
+    }
+
+    #[test]
+    fn default_cache_dir_without_a_network_volume() {
+        let args = FetchArgs {
+            cache_dir: None,
+            ..FetchArgs::new("models.toml", "unused")
+        };
+        let expected = if Path::new("/runpod-volume").is_dir() {
+            "/runpod-volume/sdxl-worker"
+        } else {
+            "./.cache/sdxl-worker"
+        };
+        assert_eq!(args.cache_dir(), PathBuf::from(expected));
+    }
+}
