@@ -7,6 +7,7 @@
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use super::cache::{now_unix, Cache};
 use super::error::{is_disk_full, net_message, EntryError};
 use super::names::{content_disposition_filename, redact_url_str};
 use super::progress::FileProgress;
+use super::segmented::{self, Seg, SegError};
 use super::PrefetchOptions;
 
 /// A URL to GET the bytes from, and until when it is valid.
@@ -45,6 +47,8 @@ pub(crate) struct Expect {
     pub sha256: Option<String>,
     /// Also compute AutoV3 (hash of the safetensors payload), for LoRA labels.
     pub autov3: bool,
+    /// Approximate size (e.g. Civitai's rounded `sizeKB`): enough to choose multi-connection.
+    pub size_hint: Option<u64>,
 }
 
 /// A complete, verified `.part` file ready to be committed to the cache.
@@ -65,6 +69,9 @@ struct PartState {
     url: ResolvedUrl,
     sha256: Option<String>,
     size: Option<u64>,
+    /// Range progress of a multi-connection download.
+    #[serde(default)]
+    segments: Option<Vec<Seg>>,
 }
 
 /// Incremental SHA-256 over the whole file and (optionally) over the safetensors payload.
@@ -231,7 +238,7 @@ fn read_head(path: &Path) -> Vec<u8> {
 }
 
 /// Parses `bytes a-b/total` (or `bytes */total`) into (start, total).
-fn parse_content_range(v: &str) -> Option<(Option<u64>, Option<u64>)> {
+pub(crate) fn parse_content_range(v: &str) -> Option<(Option<u64>, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes")?.trim();
     let (range, total) = rest.split_once('/')?;
     let total = total.trim().parse().ok();
@@ -332,30 +339,34 @@ pub(crate) async fn download(
     client: &reqwest::Client,
     cache: &Cache,
     key: &str,
-    resolver: &dyn Resolver,
+    resolver: Arc<dyn Resolver>,
     expect: &Expect,
     opts: &PrefetchOptions,
     progress: &FileProgress,
 ) -> Result<Downloaded, EntryError> {
     let part = cache.part_path(key);
     let state_path = cache.part_state_path(key);
-    let save_state = |url: &ResolvedUrl| -> Result<(), EntryError> {
+    let save_segments = |url: &ResolvedUrl, segments: Option<&[Seg]>| -> Result<(), EntryError> {
         let s = PartState {
             url: url.clone(),
             sha256: expect.sha256.clone(),
             size: expect.size,
+            segments: segments.map(<[Seg]>::to_vec),
         };
         let bytes = serde_json::to_vec(&s)
             .map_err(|e| EntryError::BadMetadata(format!("cannot encode part state: {e}")))?;
         std::fs::write(&state_path, bytes).map_err(|e| EntryError::io("write", &state_path, e))
     };
+    let save_state = |url: &ResolvedUrl| save_segments(url, None);
 
     // Reuse a saved URL (and the part file) only if it was for the same expected content.
     let saved: Option<PartState> = std::fs::read(&state_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut saved_segments = None;
     let mut url = match saved {
         Some(s) if s.sha256 == expect.sha256 && s.size == expect.size => {
+            saved_segments = s.segments;
             let fresh = s.url.expires_at.is_none_or(|t| t > now_unix() + 60);
             if fresh {
                 tracing::debug!(url = %redact_url_str(&s.url.url), "reusing the saved download URL");
@@ -375,6 +386,62 @@ pub(crate) async fn download(
         }
     };
 
+    // Large files with a known size go over several connections.
+    let mut seg_result = None;
+    if opts.connections > 1 {
+        let seg_total = match expect.size {
+            Some(t) => Some(t),
+            None if expect.size_hint.is_some_and(|h| h >= opts.segment_min_size) => {
+                probe_size(client, &url.url).await
+            }
+            None => None,
+        };
+        if let Some(total) = seg_total.filter(|t| *t >= opts.segment_min_size && *t > 0) {
+            match segmented::run(
+                client,
+                resolver.clone(),
+                url.clone(),
+                &part,
+                total,
+                saved_segments.take(),
+                expect.autov3,
+                opts,
+                progress,
+                &save_segments,
+            )
+            .await
+            {
+                Ok(done) => seg_result = Some((total, done)),
+                Err(SegError::Fallback(why)) => {
+                    tracing::info!(reason = %why, "storage does not serve ranges as asked; using one connection");
+                    truncate(&part)?;
+                    save_state(&url)?;
+                }
+                Err(SegError::Fatal(e)) => {
+                    if matches!(
+                        e,
+                        EntryError::NotAModel { .. }
+                            | EntryError::SizeMismatch { .. }
+                            | EntryError::HashMismatch { .. }
+                    ) {
+                        discard_files(&part, &state_path);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if let Some(segs) = saved_segments {
+        // A multi-connection partial continued on one connection: keep its complete prefix.
+        let prefix = segmented::contiguous_prefix(&segs);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .and_then(|f| f.set_len(prefix))
+            .map_err(|e| EntryError::io("truncate", &part, e))?;
+        save_state(&url)?;
+    }
+
     let mut hashing = Hashing::new(expect.autov3);
     hashing.pos = u64::MAX; // forces a rehash of whatever the part file holds
     let mut failures: u32 = 0;
@@ -384,8 +451,14 @@ pub(crate) async fn download(
     let mut disposition_name = None;
     let mut transferred = 0u64;
     let mut last_error = String::new();
+    if let Some((t, done)) = seg_result {
+        hashing = done.hashing;
+        total = Some(t);
+        disposition_name = done.disposition_name;
+        transferred = done.transferred;
+    }
 
-    loop {
+    while hashing.pos != total.unwrap_or(u64::MAX) || part_len(&part)? != hashing.pos {
         let offset = part_len(&part)?;
         if let Some(t) = total {
             if offset > t {
@@ -746,6 +819,24 @@ pub(crate) async fn download(
         disposition_name,
         bytes_transferred: transferred,
     })
+}
+
+/// Learns a file's size (and range support) with a one-byte range request.
+async fn probe_size(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let resp = client
+        .get(url)
+        .header(RANGE, "bytes=0-0")
+        .send()
+        .await
+        .ok()?;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    resp.headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_content_range)
+        .and_then(|(_, t)| t)
 }
 
 fn discard_files(part: &Path, state: &Path) {

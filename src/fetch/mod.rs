@@ -13,6 +13,7 @@ pub(crate) mod hf;
 pub mod manifest;
 pub mod names;
 pub mod progress;
+pub(crate) mod segmented;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -94,6 +95,17 @@ pub struct FetchArgs {
         default_value_t = 6
     )]
     pub download_retries: u32,
+    /// Connections per large file (byte ranges fetched in parallel; 1 = a single stream).
+    #[arg(long = "download-connections", env = "DOWNLOAD_CONNECTIONS", default_value_t = 8,
+          value_parser = parse_connections)]
+    pub download_connections: usize,
+}
+
+fn parse_connections(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=32).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number from 1 to 32")),
+    }
 }
 
 fn parse_concurrency(s: &str) -> Result<usize, String> {
@@ -115,6 +127,7 @@ impl fmt::Debug for FetchArgs {
                 &self.civitai_token.as_ref().map(|_| "<redacted>"),
             )
             .field("download_concurrency", &self.download_concurrency)
+            .field("download_connections", &self.download_connections)
             .field("download_retries", &self.download_retries)
             .finish()
     }
@@ -130,6 +143,7 @@ impl FetchArgs {
             civitai_base_url: url::Url::parse("https://civitai.com").expect("static URL"),
             civitai_token: None,
             download_concurrency: 4,
+            download_connections: 8,
             download_retries: 6,
         }
     }
@@ -156,6 +170,11 @@ pub struct PrefetchOptions {
     pub progress: ProgressMode,
     /// Fail writes with `StorageFull` once a part file would exceed this many bytes.
     pub write_limit: Option<u64>,
+    /// Connections per file for files of at least `segment_min_size` bytes.
+    pub connections: usize,
+    pub segment_min_size: u64,
+    /// Ranges are not split below this size.
+    pub segment_piece_min: u64,
 }
 
 impl PrefetchOptions {
@@ -166,6 +185,9 @@ impl PrefetchOptions {
             max_retries: args.download_retries,
             progress: ProgressMode::Auto,
             write_limit: None,
+            connections: args.download_connections,
+            segment_min_size: 64 << 20,
+            segment_piece_min: 8 << 20,
         }
     }
 }
@@ -623,18 +645,19 @@ async fn fetch_civitai(
     }
     check_space(&ctx.cache, &lock_key, file.approx_size_bytes())?;
     let progress = ctx.hub.file(label);
-    let resolver = civitai::CivitaiResolver {
+    let resolver: Arc<dyn Resolver> = Arc::new(civitai::CivitaiResolver {
         client: ctx.civitai.clone(),
         version_id: version.id,
         file_id: file.id,
-    };
+    });
     let expect = Expect {
         size: expected_size,
         sha256: expected_sha.clone(),
         autov3: entry.kind == ModelKind::Lora,
+        size_hint: file.approx_size_bytes(),
     };
     let result = download::download(
-        &ctx.data, &ctx.cache, &lock_key, &resolver, &expect, &ctx.opts, &progress,
+        &ctx.data, &ctx.cache, &lock_key, resolver, &expect, &ctx.opts, &progress,
     )
     .await;
     let d = match result {
@@ -732,12 +755,13 @@ async fn fetch_url(
         size: None,
         sha256: entry.sha256.clone(),
         autov3: entry.kind == ModelKind::Lora,
+        size_hint: None,
     };
     let d = download::download(
         &ctx.data,
         &ctx.cache,
         &lock_key,
-        &FixedUrl(url.to_string()),
+        Arc::new(FixedUrl(url.to_string())),
         &expect,
         &ctx.opts,
         &progress,

@@ -217,8 +217,13 @@ pub struct MockState {
     /// storage signature -> (version id, file id, valid)
     signatures: Mutex<HashMap<String, (u64, u64, bool)>>,
     sig_counter: AtomicU64,
-    /// Each storage body request pops one absolute offset at which to cut the connection.
+    /// One-shot cut points: a body request whose range `[start, end)` contains a point is cut
+    /// there (after sending `point - start` bytes) and the point is consumed.
     pub drop_at: Mutex<VecDeque<u64>>,
+    /// Bytes of file content sent by storage (all requests).
+    pub bytes_served: AtomicU64,
+    /// Storage ignores `Range` and always sends the whole file with 200.
+    pub ignore_ranges: AtomicBool,
     /// Invalidate every issued signature when a connection is cut.
     pub expire_on_drop: AtomicBool,
     pub chunk_delay_ms: AtomicU64,
@@ -574,7 +579,12 @@ fn serve_content(
     query: &str,
 ) -> Response {
     let len = content.len();
-    let (start, end, partial) = match headers.get("range").and_then(|v| v.to_str().ok()) {
+    let ranged = if state.ignore_ranges.load(Ordering::SeqCst) {
+        None
+    } else {
+        headers.get("range").and_then(|v| v.to_str().ok())
+    };
+    let (start, end, partial) = match ranged {
         Some(r) => match parse_range(r, len) {
             Some((s, _)) if s >= len => {
                 state.record(host, path, query, headers, 416);
@@ -595,7 +605,11 @@ fn serve_content(
         StatusCode::OK
     };
     state.record(host, path, query, headers, status.as_u16());
-    let cut = state.drop_at.lock().unwrap().pop_front();
+    let cut = {
+        let mut points = state.drop_at.lock().unwrap();
+        let hit = points.iter().position(|&c| start <= c && c < end);
+        hit.and_then(|i| points.remove(i))
+    };
     let chunk = state.chunk_size.load(Ordering::Relaxed) as u64;
     let delay = state.chunk_delay_ms.load(Ordering::Relaxed);
     let st = state.clone();
@@ -625,6 +639,7 @@ fn serve_content(
                     next = next.min(c);
                 }
             }
+            st.bytes_served.fetch_add(next - pos, Ordering::Relaxed);
             Some((Ok::<Bytes, std::io::Error>(content.slice(pos, next)), next))
         }
     });
@@ -818,6 +833,7 @@ use std::path::PathBuf;
 
 pub const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
+/// Single-connection options with fast retries.
 pub fn opts() -> PrefetchOptions {
     PrefetchOptions {
         retry_base: Duration::from_millis(5),
@@ -825,6 +841,19 @@ pub fn opts() -> PrefetchOptions {
         max_retries: 4,
         progress: ProgressMode::Lines,
         write_limit: None,
+        connections: 1,
+        segment_min_size: 64 << 20,
+        segment_piece_min: 8 << 20,
+    }
+}
+
+/// Multi-connection options that split even the small test files into ranges.
+pub fn multi_opts(connections: usize) -> PrefetchOptions {
+    PrefetchOptions {
+        connections,
+        segment_min_size: 0,
+        segment_piece_min: 16 * 1024,
+        ..opts()
     }
 }
 
