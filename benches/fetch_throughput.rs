@@ -65,40 +65,51 @@ fn main() {
     let disk_secs = t.elapsed().as_secs_f64();
     std::fs::remove_file(dir.path().join("raw")).ok();
 
-    let secs = rt.block_on(async {
-        let mock = MockCivitai::start().await;
-        mock.state
-            .chunk_size
-            .store(256 * 1024, std::sync::atomic::Ordering::Relaxed);
-        let mut v = ckpt_version();
-        v.files.truncate(1);
-        v.files[0].content = content.clone();
-        v.files[0].listed_sha = Some(sha.clone());
-        mock.state.add(v);
-        let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
-        let a = args(&mock, &dir.path().join("cache"));
-        let mut o = opts();
-        o.progress = ProgressMode::Hidden;
-        let t = Instant::now();
-        let got = prefetch_with(&a, &m, &o).await.expect("prefetch");
-        let secs = t.elapsed().as_secs_f64();
-        assert_eq!(got.models[0].sha256, sha);
-        assert_eq!(got.models[0].size, len);
-        secs
-    });
+    let run = |connections: usize, cache: &str| {
+        rt.block_on(async {
+            let mock = MockCivitai::start().await;
+            mock.state
+                .chunk_size
+                .store(256 * 1024, std::sync::atomic::Ordering::Relaxed);
+            let mut v = ckpt_version();
+            v.files.truncate(1);
+            v.files[0].content = content.clone();
+            v.files[0].listed_sha = Some(sha.clone());
+            mock.state.add(v);
+            let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
+            let a = args(&mock, &dir.path().join(cache));
+            let mut o = opts();
+            o.progress = ProgressMode::Hidden;
+            o.connections = connections;
+            let t = Instant::now();
+            let got = prefetch_with(&a, &m, &o).await.expect("prefetch");
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(got.models[0].sha256, sha);
+            assert_eq!(got.models[0].size, len);
+            std::fs::remove_dir_all(dir.path().join(cache)).ok();
+            secs
+        })
+    };
+    let single = run(1, "cache1");
+    let multi = run(8, "cache8");
     println!("file size:                 {len} bytes");
     println!(
-        "fetcher (HTTP loopback → .part → SHA-256 verify → rename): {:.2} s, {:.0} MB/s",
-        secs,
-        mb_s(len, secs)
+        "fetcher, 1 connection  (loopback → .part → SHA-256 → rename): {:.2} s, {:.0} MB/s",
+        single,
+        mb_s(len, single)
     );
     println!(
-        "reference sequential write + fsync:                         {:.2} s, {:.0} MB/s",
+        "fetcher, 8 connections (ranges + trailing hasher):            {:.2} s, {:.0} MB/s",
+        multi,
+        mb_s(len, multi)
+    );
+    println!(
+        "reference sequential write + fsync:                            {:.2} s, {:.0} MB/s",
         disk_secs,
         mb_s(len, disk_secs)
     );
     println!(
-        "reference SHA-256 in memory:                                {:.2} s, {:.0} MB/s",
+        "reference SHA-256 in memory:                                   {:.2} s, {:.0} MB/s",
         sha_secs,
         mb_s(len, sha_secs)
     );

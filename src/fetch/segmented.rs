@@ -133,6 +133,10 @@ struct Shared {
 
 type Chunk = (usize, u64, Bytes);
 
+/// Persists the URL and range progress beside the part file.
+pub(crate) type SaveState<'a> =
+    dyn Fn(&ResolvedUrl, Option<&[Seg]>) -> Result<(), EntryError> + Sync + 'a;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -149,7 +153,7 @@ pub(crate) async fn run(
     want_v3: bool,
     opts: &PrefetchOptions,
     progress: &FileProgress,
-    save: &(dyn Fn(&ResolvedUrl, Option<&[Seg]>) -> Result<(), EntryError> + Sync),
+    save: &SaveState<'_>,
 ) -> Result<SegDone, SegError> {
     let existing = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let start_segs = match saved {
@@ -284,7 +288,7 @@ pub(crate) async fn run(
 async fn drive(
     set: &mut tokio::task::JoinSet<Result<(), SegError>>,
     shared: &Arc<Shared>,
-    save: &(dyn Fn(&ResolvedUrl, Option<&[Seg]>) -> Result<(), EntryError> + Sync),
+    save: &SaveState<'_>,
 ) -> Result<(), SegError> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
