@@ -266,6 +266,9 @@ pub struct IndexRecord {
     pub mtime_ns: Option<u128>,
     #[serde(default)]
     pub file_name: Option<String>,
+    /// AutoV3 when it was computed (LoRAs).
+    #[serde(default)]
+    pub autov3: Option<String>,
 }
 
 /// A stable short key for a source identity (hex of SHA-256 of the text).

@@ -95,10 +95,6 @@ pub enum EntryError {
     HuggingFace(String),
     #[error("local file {path}: {message}")]
     Local { path: PathBuf, message: String },
-    #[error(
-        "cache entry for sha256 {sha256} is not present and the entry cannot be downloaded offline"
-    )]
-    Offline { sha256: String },
 }
 
 impl EntryError {

@@ -609,6 +609,7 @@ async fn fetch_civitai(
         size,
         mtime_ns: None,
         file_name: Some(file_name.clone()),
+        autov3: None,
     };
 
     let lock_key = match &expected_sha {
@@ -803,6 +804,7 @@ async fn fetch_url(
             size: d.size,
             mtime_ns: None,
             file_name: Some(file_name),
+            autov3: None,
         },
     )?;
     progress.finish("downloaded and verified");
@@ -880,6 +882,7 @@ async fn fetch_hf(
             size,
             mtime_ns: None,
             file_name: Some(file_name),
+            autov3: None,
         },
     )?;
     progress.finish("verified");
@@ -937,7 +940,7 @@ async fn fetch_path(
         .index_get(&index_key)
         .filter(|r| r.size == meta.len() && r.mtime_ns.is_some() && r.mtime_ns == mtime_ns);
     let (sha, autov3, size) = match remembered {
-        Some(r) => (r.sha256, None, r.size),
+        Some(r) => (r.sha256, r.autov3, r.size),
         None => {
             let (sha, autov3, size) = download::hash_file(
                 path,
@@ -952,12 +955,13 @@ async fn fetch_path(
                     size,
                     mtime_ns,
                     file_name: None,
+                    autov3: autov3.clone(),
                 },
             )?;
             (sha, autov3, size)
         }
     };
-    // AutoV3 is cheap to recompute only when needed; a remembered LoRA hash is rehashed.
+    // A file hashed before as a checkpoint needs its AutoV3 once when used as a LoRA.
     let (sha, autov3, size) = if entry.kind == ModelKind::Lora && autov3.is_none() {
         download::hash_file(path, true, None).await?
     } else {
