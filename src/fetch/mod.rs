@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use thiserror::Error;
+use tracing::Instrument;
 
 pub use air::{Air, AirError};
 pub use cache::{Cache, CivitaiInfo, Sidecar};
@@ -345,6 +346,15 @@ pub async fn prefetch_with(
     manifest: &Manifest,
     opts: &PrefetchOptions,
 ) -> Result<ResolvedModels, FetchError> {
+    let span = tracing::info_span!("prefetch", entries = manifest.entries.len());
+    prefetch_inner(args, manifest, opts).instrument(span).await
+}
+
+async fn prefetch_inner(
+    args: &FetchArgs,
+    manifest: &Manifest,
+    opts: &PrefetchOptions,
+) -> Result<ResolvedModels, FetchError> {
     let started = Instant::now();
     let cache = Cache::open(args.cache_dir()).map_err(FetchError::Cache)?;
     let (api, data) = clients()?;
@@ -360,8 +370,6 @@ pub async fn prefetch_with(
         opts: opts.clone(),
         hub: ProgressHub::new(opts.progress),
     });
-    let span = tracing::info_span!("prefetch", entries = manifest.entries.len());
-    let _enter = span.enter();
     tracing::info!(
         cache = %ctx.cache.root().display(),
         entries = manifest.entries.len(),
@@ -376,12 +384,16 @@ pub async fn prefetch_with(
         let ctx = ctx.clone();
         let semaphore = semaphore.clone();
         let label = entry.describe(&manifest_name);
-        tasks.push(tokio::spawn(async move {
-            let _permit = semaphore.acquire_owned().await;
-            let t0 = Instant::now();
-            let result = fetch_entry(&ctx, &entry, &label).await;
-            (entry, label, result, t0.elapsed())
-        }));
+        let span = tracing::info_span!("model", kind = %entry.kind, line = entry.line);
+        tasks.push(tokio::spawn(
+            async move {
+                let _permit = semaphore.acquire_owned().await;
+                let t0 = Instant::now();
+                let result = fetch_entry(&ctx, &entry, &label).await;
+                (entry, label, result, t0.elapsed())
+            }
+            .instrument(span),
+        ));
     }
     let mut resolved = Vec::new();
     let mut failures = Vec::new();
