@@ -307,7 +307,10 @@ fn clients() -> Result<(reqwest::Client, reqwest::Client), FetchError> {
         .read_timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| FetchError::Client(e.to_string()))?;
+    // HTTP/1.1 only: range requests must travel on separate TCP connections to add bandwidth;
+    // over HTTP/2 they would share one connection's window.
     let data = reqwest::Client::builder()
+        .http1_only()
         .redirect(reqwest::redirect::Policy::limited(10))
         .user_agent(civitai::USER_AGENT_VALUE)
         .connect_timeout(Duration::from_secs(30))
