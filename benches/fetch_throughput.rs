@@ -65,33 +65,48 @@ fn main() {
     let disk_secs = t.elapsed().as_secs_f64();
     std::fs::remove_file(dir.path().join("raw")).ok();
 
-    let run = |connections: usize, cache: &str| {
-        rt.block_on(async {
-            let mock = MockCivitai::start().await;
-            mock.state
-                .chunk_size
-                .store(256 * 1024, std::sync::atomic::Ordering::Relaxed);
-            let mut v = ckpt_version();
-            v.files.truncate(1);
-            v.files[0].content = content.clone();
-            v.files[0].listed_sha = Some(sha.clone());
-            mock.state.add(v);
-            let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
-            let a = args(&mock, &dir.path().join(cache));
-            let mut o = opts();
-            o.progress = ProgressMode::Hidden;
-            o.connections = connections;
-            let t = Instant::now();
-            let got = prefetch_with(&a, &m, &o).await.expect("prefetch");
-            let secs = t.elapsed().as_secs_f64();
-            assert_eq!(got.models[0].sha256, sha);
-            assert_eq!(got.models[0].size, len);
-            std::fs::remove_dir_all(dir.path().join(cache)).ok();
-            secs
-        })
-    };
-    let single = run(1, "cache1");
-    let multi = run(8, "cache8");
+    let run_with =
+        |content: &Content, sha: &str, connections: usize, delay_ms: u64, cache: &str| {
+            let len = content.len();
+            rt.block_on(async {
+                let mock = MockCivitai::start().await;
+                mock.state
+                    .chunk_size
+                    .store(256 * 1024, std::sync::atomic::Ordering::Relaxed);
+                mock.state
+                    .chunk_delay_ms
+                    .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
+                let mut v = ckpt_version();
+                v.files.truncate(1);
+                v.files[0].content = content.clone();
+                v.files[0].listed_sha = Some(sha.to_string());
+                mock.state.add(v);
+                let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
+                let a = args(&mock, &dir.path().join(cache));
+                let mut o = opts();
+                o.progress = ProgressMode::Hidden;
+                o.connections = connections;
+                let t = Instant::now();
+                let got = prefetch_with(&a, &m, &o).await.expect("prefetch");
+                let secs = t.elapsed().as_secs_f64();
+                assert_eq!(got.models[0].sha256, sha);
+                assert_eq!(got.models[0].size, len);
+                std::fs::remove_dir_all(dir.path().join(cache)).ok();
+                secs
+            })
+        };
+    let single = run_with(&content, &sha, 1, 0, "cache1");
+    let multi = run_with(&content, &sha, 8, 0, "cache8");
+
+    // Storage that limits each connection (as CDNs often do): 256 KiB per 10 ms ≈ 26 MB/s.
+    let small_len: u64 = std::env::var("FETCH_BENCH_THROTTLED_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 20);
+    let small = generated(small_len);
+    let small_sha = small.sha256();
+    let throttled1 = run_with(&small, &small_sha, 1, 10, "t1");
+    let throttled8 = run_with(&small, &small_sha, 8, 10, "t8");
     println!("file size:                 {len} bytes");
     println!(
         "fetcher, 1 connection  (loopback → .part → SHA-256 → rename): {:.2} s, {:.0} MB/s",
@@ -102,6 +117,17 @@ fn main() {
         "fetcher, 8 connections (ranges + trailing hasher):            {:.2} s, {:.0} MB/s",
         multi,
         mb_s(len, multi)
+    );
+    println!("per-connection-throttled storage (~26 MB/s per connection), {small_len} bytes:");
+    println!(
+        "  1 connection:  {:.2} s, {:.0} MB/s",
+        throttled1,
+        mb_s(small_len, throttled1)
+    );
+    println!(
+        "  8 connections: {:.2} s, {:.0} MB/s",
+        throttled8,
+        mb_s(small_len, throttled8)
     );
     println!(
         "reference sequential write + fsync:                            {:.2} s, {:.0} MB/s",
