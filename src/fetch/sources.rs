@@ -32,6 +32,7 @@ pub(crate) struct Fetched {
     pub(crate) cached: bool,
 }
 
+/// Makes one entry available: pinned cache hit first, then the entry's source.
 pub(crate) async fn fetch_entry(
     ctx: &Ctx,
     entry: &ManifestEntry,
