@@ -81,3 +81,6 @@ mod tests {
         ));
     }
 }
+
+mod common_te_vae;
+pub mod vae_names;
