@@ -1,1 +1,3 @@
-//! sampling
+//! Noise, noise schedules and samplers, matching diffusers' schedulers step for step.
+
+pub mod rng;
