@@ -14,9 +14,11 @@ use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let out = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: make_synthetic_checkpoint OUT.safetensors [sdxl|mini] [f16|bf16|f32]"))?;
+    let out = args.next().ok_or_else(|| {
+        anyhow::anyhow!(
+            "usage: make_synthetic_checkpoint OUT.safetensors [sdxl|mini] [f16|bf16|f32]"
+        )
+    })?;
     let dims = match args.next().as_deref() {
         None | Some("sdxl") => SdxlDims::sdxl_base(),
         Some("mini") => SdxlDims::mini_m(),

@@ -19,8 +19,16 @@ pub struct BenchArgs {
     pub checkpoint: Option<PathBuf>,
     /// Use random weights in a built-in layout instead of a file: `sdxl` (full-size SDXL
     /// base 1.0 shapes; ~10 GB in f32) or `mini` (the test fixture's shapes).
-    #[arg(long, env = "BENCH_SYNTHETIC", value_enum, conflicts_with = "checkpoint")]
+    #[arg(
+        long,
+        env = "BENCH_SYNTHETIC",
+        value_enum,
+        conflicts_with = "checkpoint"
+    )]
     pub synthetic: Option<SyntheticLayout>,
+    /// A separate VAE file (LDM or diffusers layout) replacing the checkpoint's.
+    #[arg(long, env = "BENCH_VAE")]
+    pub vae: Option<PathBuf>,
     #[arg(long, env = "BENCH_WIDTH", default_value_t = 1024)]
     pub width: u32,
     #[arg(long, env = "BENCH_HEIGHT", default_value_t = 1024)]
@@ -77,6 +85,7 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
     };
     let mut config = PipelineConfig::new(PathBuf::new(), engine)?;
     config.source = source;
+    config.vae = args.vae.clone();
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: Some(String::new()),

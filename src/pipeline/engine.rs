@@ -58,13 +58,14 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("sdxl-engine".into())
             .spawn(move || {
-                let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| SdxlPipeline::load(&config)))
-                    .unwrap_or_else(|p| {
-                        Err(PipelineError::Internal(format!(
-                            "panic while loading: {}",
-                            panic_message(&*p)
-                        )))
-                    });
+                let loaded =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| SdxlPipeline::load(&config)))
+                        .unwrap_or_else(|p| {
+                            Err(PipelineError::Internal(format!(
+                                "panic while loading: {}",
+                                panic_message(&*p)
+                            )))
+                        });
                 let mut pipeline = match loaded {
                     Ok(p) => {
                         let _ = ready_tx.send(Ok(p.info().clone()));
@@ -153,7 +154,9 @@ pub struct EngineHandle {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("info", &self.info).finish()
+        f.debug_struct("EngineHandle")
+            .field("info", &self.info)
+            .finish()
     }
 }
 

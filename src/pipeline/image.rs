@@ -51,7 +51,7 @@ mod tests {
         assert_eq!(to_u8(-5.0), 0);
         assert_eq!(to_u8(5.0), 255);
         assert_eq!(to_u8(0.0), 128); // 127.5 → 128 (even)
-        // x such that (x/2+0.5)*255 == 0.5 exactly → rounds to 0, not 1.
+                                     // x such that (x/2+0.5)*255 == 0.5 exactly → rounds to 0, not 1.
         let x = (0.5f32 / 255.0 - 0.5) * 2.0;
         let v = (x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0;
         assert_eq!(to_u8(x), v.round_ties_even() as u8);
@@ -61,7 +61,10 @@ mod tests {
     #[test]
     fn layout_is_chw_to_hwc() -> candle_core::Result<()> {
         // One 1x2 image: pixel 0 = (-1, 0, 1), pixel 1 = (1, 1, -1).
-        let t = Tensor::new(&[[[[-1f32, 1.]], [[0., 1.]], [[1., -1.]]]], &candle_core::Device::Cpu)?;
+        let t = Tensor::new(
+            &[[[[-1f32, 1.]], [[0., 1.]], [[1., -1.]]]],
+            &candle_core::Device::Cpu,
+        )?;
         let imgs = tensor_to_images(&t)?;
         assert_eq!(imgs[0].as_raw(), &vec![0, 128, 255, 255, 255, 0]);
         Ok(())

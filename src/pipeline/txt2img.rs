@@ -5,17 +5,20 @@ use super::{device_name, dtype_name, DTypeArg, DeviceSpec, EngineArgs};
 use crate::model::clip::{ClipKind, ClipTextConfig, ClipTextModel, SDXL_LAYERS_FROM_END};
 use crate::model::unet::{time_ids_embedding, UNet, UNetConfig, TIME_ID_DIM};
 use crate::model::vae::{Vae, VaeConfig};
+use crate::model::vae_names::vae_name_map;
 use crate::model::ModelError;
+use crate::model::ShapeMap;
 use crate::prompt::Tokenizers;
 use crate::sampling::{self, Sampler, SamplerKind, ScheduleConfig, SigmaSchedule, TorchRng};
-use crate::model::ShapeMap;
 use crate::weights::layout::{sdxl_layout, SdxlDims};
-use crate::weights::{detect, synthetic, Architecture, Checkpoint, Family, Prediction, StDtype, WeightsError};
-use candle_nn::VarBuilder;
-use std::sync::Arc;
+use crate::weights::{
+    detect, synthetic, Architecture, Checkpoint, Family, Prediction, StDtype, WeightsError,
+};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use image::RgbImage;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 const UNET_PREFIX: &str = "model.diffusion_model";
@@ -42,7 +45,9 @@ pub enum PipelineError {
         source: ModelError,
     },
     /// The checkpoint is a recognised SDXL variant that cannot do text-to-image.
-    #[error("`{path}` is an {family} checkpoint; text-to-image needs an SDXL base-family checkpoint")]
+    #[error(
+        "`{path}` is an {family} checkpoint; text-to-image needs an SDXL base-family checkpoint"
+    )]
     UnsupportedVariant { path: PathBuf, family: &'static str },
     /// Bad engine configuration (device, dtype).
     #[error("{0}")]
@@ -95,6 +100,9 @@ pub enum WeightsSource {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub source: WeightsSource,
+    /// A separate VAE file (LDM or diffusers layout, e.g. an fp16-fixed SDXL VAE) that
+    /// replaces the checkpoint's own.
+    pub vae: Option<PathBuf>,
     pub device: DeviceSpec,
     pub dtype: DTypeArg,
     pub vae_dtype: DTypeArg,
@@ -105,6 +113,7 @@ impl PipelineConfig {
     pub fn new(checkpoint: impl Into<PathBuf>, args: &EngineArgs) -> Result<Self, PipelineError> {
         Ok(Self {
             source: WeightsSource::File(checkpoint.into()),
+            vae: None,
             device: args.device.parse()?,
             dtype: args.dtype,
             vae_dtype: args.vae_dtype,
@@ -115,6 +124,7 @@ impl PipelineConfig {
     pub fn cpu_f32(checkpoint: impl Into<PathBuf>) -> Self {
         Self {
             source: WeightsSource::File(checkpoint.into()),
+            vae: None,
             device: DeviceSpec::Cpu,
             dtype: DTypeArg::F32,
             vae_dtype: DTypeArg::F32,
@@ -190,7 +200,10 @@ impl GenerateRequest {
             }
         }
         if self.steps == 0 || self.steps > MAX_STEPS {
-            return bad(format!("steps {} is not allowed: use 1 to {MAX_STEPS}", self.steps));
+            return bad(format!(
+                "steps {} is not allowed: use 1 to {MAX_STEPS}",
+                self.steps
+            ));
         }
         if !self.guidance.is_finite() || self.guidance < 0.0 || self.guidance > 100.0 {
             return bad(format!(
@@ -274,12 +287,36 @@ pub struct SdxlPipeline {
     info: LoadInfo,
 }
 
+/// Loads a separate VAE file (LDM or diffusers names, any prefix) in `dtype`, plus an f32
+/// copy for the NaN retry when `dtype` is half precision.
+fn load_vae_file(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Vae, Option<Vae>), PipelineError> {
+    let file = Checkpoint::open(path)?;
+    let model_err = |source: ModelError| PipelineError::Model {
+        path: path.to_path_buf(),
+        source,
+    };
+    let names = vae_name_map(file.shapes()).map_err(model_err)?;
+    let vae_cfg = VaeConfig::infer(&names.ldm_shapes(file.shapes()), "").map_err(model_err)?;
+    let load = |dt: DType| Vae::load(names.ldm_view(file.var_builder(dt, device)), &vae_cfg);
+    let vae = load(dtype).map_err(model_err)?;
+    let vae_f32 = if dtype == DType::F32 {
+        None
+    } else {
+        Some(load(DType::F32).map_err(model_err)?)
+    };
+    Ok((vae, vae_f32))
+}
+
 impl SdxlPipeline {
     /// Opens, validates and classifies the checkpoint, then builds every model on the device.
     /// The file is unmapped when this returns: weights live on the device only.
     pub fn load(cfg: &PipelineConfig) -> Result<Self, PipelineError> {
         let started = Instant::now();
-        let _span = tracing::info_span!("load", checkpoint = %cfg.checkpoint.display()).entered();
+        let _span = tracing::info_span!("load", source = ?cfg.source).entered();
         let device = cfg.device.open()?;
         let dtype = cfg.dtype.model_dtype(&device);
         let vae_dtype = cfg.vae_dtype.vae_dtype(&device);
@@ -309,13 +346,11 @@ impl SdxlPipeline {
             source,
         };
         let shapes = source.shapes();
-        let te1_cfg = ClipTextConfig::infer(shapes, TE1_PREFIX, ClipKind::OpenAiClip)
-            .map_err(model_err)?;
+        let te1_cfg =
+            ClipTextConfig::infer(shapes, TE1_PREFIX, ClipKind::OpenAiClip).map_err(model_err)?;
         let te2_cfg =
             ClipTextConfig::infer(shapes, TE2_PREFIX, ClipKind::OpenClip).map_err(model_err)?;
         let unet_cfg = UNetConfig::infer(shapes, UNET_PREFIX).map_err(model_err)?;
-        let vae_cfg = VaeConfig::infer(shapes, VAE_PREFIX).map_err(model_err)?;
-
         let vb = source.vb(dtype, &device);
         let t = Instant::now();
         let te1 = ClipTextModel::load(vb.pp(TE1_PREFIX), &te1_cfg).map_err(model_err)?;
@@ -324,15 +359,24 @@ impl SdxlPipeline {
         let t = Instant::now();
         let unet = UNet::new(vb.pp(UNET_PREFIX), &unet_cfg).map_err(model_err)?;
         tracing::info!(seconds = t.elapsed().as_secs_f64(), "UNet loaded");
-        let vae_vb = source.vb(vae_dtype, &device);
-        let vae = Vae::load(vae_vb.pp(VAE_PREFIX), &vae_cfg).map_err(model_err)?;
-        let vae_f32 = if vae_dtype == DType::F32 {
-            None
-        } else {
-            let vb32 = source.vb(DType::F32, &device);
-            Some(Vae::load(vb32.pp(VAE_PREFIX), &vae_cfg).map_err(model_err)?)
+        let t = Instant::now();
+        let (vae, vae_f32) = match &cfg.vae {
+            None => {
+                let vae_cfg = VaeConfig::infer(shapes, VAE_PREFIX).map_err(model_err)?;
+                let load = |dt: DType| Vae::load(source.vb(dt, &device).pp(VAE_PREFIX), &vae_cfg);
+                let vae = load(vae_dtype).map_err(model_err)?;
+                let vae_f32 = if vae_dtype == DType::F32 {
+                    None
+                } else {
+                    Some(load(DType::F32).map_err(model_err)?)
+                };
+                (vae, vae_f32)
+            }
+            Some(vae_path) => load_vae_file(vae_path, vae_dtype, &device)?,
         };
-        let tokenizers = Tokenizers::embedded().map_err(|e| PipelineError::Prompt(e.to_string()))?;
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), "VAE loaded");
+        let tokenizers =
+            Tokenizers::embedded().map_err(|e| PipelineError::Prompt(e.to_string()))?;
 
         let info = LoadInfo {
             checkpoint: path.clone(),
@@ -403,7 +447,13 @@ impl SdxlPipeline {
         let pooled = h2
             .pooled
             .ok_or_else(|| PipelineError::Internal("te2 returned no pooled output".into()))?;
-        let embeds = Tensor::cat(&[h1.hidden.to_dtype(DType::F32)?, h2.hidden.to_dtype(DType::F32)?], 2)?;
+        let embeds = Tensor::cat(
+            &[
+                h1.hidden.to_dtype(DType::F32)?,
+                h2.hidden.to_dtype(DType::F32)?,
+            ],
+            2,
+        )?;
         Ok((embeds, pooled.to_dtype(DType::F32)?))
     }
 
@@ -414,7 +464,10 @@ impl SdxlPipeline {
             (None, None)
         } else {
             match &req.negative_prompt {
-                None => (Some(prompt_embeds.zeros_like()?), Some(pooled.zeros_like()?)),
+                None => (
+                    Some(prompt_embeds.zeros_like()?),
+                    Some(pooled.zeros_like()?),
+                ),
                 Some(neg) => {
                     let (e, p) = self.encode_text(neg)?;
                     (Some(e), Some(p))
@@ -434,7 +487,7 @@ impl SdxlPipeline {
 
     /// Runs one request: encode, denoise each image from its own generator, decode.
     pub fn generate(
-        &mut self,
+        &self,
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
@@ -497,7 +550,9 @@ impl SdxlPipeline {
     ) -> Result<Tensor, PipelineError> {
         let n = seeds.len();
         let ucfg = self.unet.config();
-        let factor = ucfg.downsampling_factor();
+        // Latents are the image size divided by the VAE's factor (8 for SDXL: one ×2 per
+        // level after the first).
+        let factor = 1usize << self.vae.config().block_out_channels.len().saturating_sub(1);
         let (lh, lw) = (req.height as usize / factor, req.width as usize / factor);
         let shape = [1, ucfg.in_channels, lh, lw];
         let sampling_err = |e: sampling::SamplingError| PipelineError::Sampling(e.to_string());
@@ -535,7 +590,9 @@ impl SdxlPipeline {
                 _ => (rep(&cond.prompt_embeds)?, rep(&y_c)?),
             }
         };
-        let context = context.to_dtype(self.unet.dtype())?.to_device(&self.device)?;
+        let context = context
+            .to_dtype(self.unet.dtype())?
+            .to_device(&self.device)?;
         let y = y.to_device(&self.device)?;
 
         let steps = sampler.num_steps();
@@ -545,9 +602,16 @@ impl SdxlPipeline {
             }
             let t = sampler.timesteps()[i];
             let x_in = sampler.scale_model_input(&x, i).map_err(sampling_err)?;
-            let x_in = if cfg { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
+            let x_in = if cfg {
+                Tensor::cat(&[&x_in, &x_in], 0)?
+            } else {
+                x_in
+            };
             let ts = Tensor::new(&[t as f32], &self.device)?;
-            let out = self.unet.forward(&x_in, &ts, &context, &y)?.to_dtype(DType::F32)?;
+            let out = self
+                .unet
+                .forward(&x_in, &ts, &context, &y)?
+                .to_dtype(DType::F32)?;
             let eps = if cfg {
                 let u = out.narrow(0, 0, n)?;
                 let c = out.narrow(0, n, n)?;
@@ -575,7 +639,10 @@ impl SdxlPipeline {
             // overflow.
             let sum = out.sum_all()?.to_scalar::<f32>()?;
             if !sum.is_finite() {
-                tracing::warn!("VAE produced non-finite values in {}; decoding again in f32", self.info.vae_dtype);
+                tracing::warn!(
+                    "VAE produced non-finite values in {}; decoding again in f32",
+                    self.info.vae_dtype
+                );
                 timings.vae_f32_retry = true;
                 return Ok(vae32.decode(&z)?);
             }

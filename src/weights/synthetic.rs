@@ -12,7 +12,13 @@ struct RandomBackend {
 }
 
 impl RandomBackend {
-    fn make(&self, name: &str, shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn make(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let is_norm_weight = shape.len() == 1
             && name.ends_with(".weight")
             && (name.contains("norm") || name.contains("ln_"));
@@ -63,6 +69,10 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
 }
 
 /// A `VarBuilder` (full tensor names) producing random weights for `shapes` on `device`.
-pub fn var_builder(shapes: Arc<ShapeMap>, dtype: DType, device: &Device) -> candle_nn::VarBuilder<'static> {
+pub fn var_builder(
+    shapes: Arc<ShapeMap>,
+    dtype: DType,
+    device: &Device,
+) -> candle_nn::VarBuilder<'static> {
     candle_nn::VarBuilder::from_backend(Box::new(RandomBackend { shapes }), dtype, device.clone())
 }
