@@ -311,6 +311,41 @@ fn load_vae_file(
     Ok((vae, vae_f32))
 }
 
+/// The text encoders must produce what the UNet consumes: context width te1 + te2, and
+/// `label_emb` input = te2 projection + 6 time ids × 256. Checked at load so that a file with
+/// a missing `text_projection` or mismatched encoders fails now, naming the tensors, instead
+/// of on the first job.
+fn check_conditioning_widths(
+    path: &Path,
+    te1: &ClipTextConfig,
+    te2: &ClipTextConfig,
+    unet: &UNetConfig,
+) -> Result<(), PipelineError> {
+    let err = |msg: String| PipelineError::Model {
+        path: path.to_path_buf(),
+        source: ModelError::Unsupported(msg),
+    };
+    let Some(proj) = te2.projection_dim else {
+        return Err(err(format!(
+            "missing tensor `{TE2_PREFIX}.text_projection` (SDXL's pooled text embedding)"
+        )));
+    };
+    if te1.width + te2.width != unet.context_dim {
+        return Err(err(format!(
+            "the text encoders are {} + {} wide but the UNet's cross-attention expects {} (`{UNET_PREFIX}.*.attn2.to_k.weight`)",
+            te1.width, te2.width, unet.context_dim
+        )));
+    }
+    let adm = proj + 6 * TIME_ID_DIM;
+    if adm != unet.adm_in_channels {
+        return Err(err(format!(
+            "`{UNET_PREFIX}.label_emb.0.0.weight` takes {} inputs, expected {adm} (te2 projection {proj} + 6 × {TIME_ID_DIM} time ids)",
+            unet.adm_in_channels
+        )));
+    }
+    Ok(())
+}
+
 impl SdxlPipeline {
     /// Opens, validates and classifies the checkpoint, then builds every model on the device.
     /// The file is unmapped when this returns: weights live on the device only.
@@ -351,6 +386,8 @@ impl SdxlPipeline {
         let te2_cfg =
             ClipTextConfig::infer(shapes, TE2_PREFIX, ClipKind::OpenClip).map_err(model_err)?;
         let unet_cfg = UNetConfig::infer(shapes, UNET_PREFIX).map_err(model_err)?;
+        check_conditioning_widths(&path, &te1_cfg, &te2_cfg, &unet_cfg)?;
+
         let vb = source.vb(dtype, &device);
         let t = Instant::now();
         let te1 = ClipTextModel::load(vb.pp(TE1_PREFIX), &te1_cfg).map_err(model_err)?;
