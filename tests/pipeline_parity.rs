@@ -265,3 +265,37 @@ fn cancellation_stops_generation() {
     ));
     assert_eq!(last.get(), 3);
 }
+
+/// The engine thread runs the same pipeline: same image bits as a direct call, progress for
+/// every step, and load errors reported by `Engine::start` before any job.
+#[tokio::test]
+async fn engine_thread_matches_direct_pipeline() {
+    use sdxl_worker::pipeline::Engine;
+    use std::sync::{Arc, Mutex};
+    let cfg = PipelineConfig::cpu_f32(fixtures().join("mini-m.fp16.safetensors"));
+    let engine = tokio::task::spawn_blocking(move || Engine::start(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(engine.info().architecture, "SDXL base");
+    assert_eq!(engine.info().device, "cpu");
+    let req = request(case("m_euler_a_128x128_nolora_s1234_n8"));
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&steps);
+    let out = engine
+        .generate(
+            req.clone(),
+            move |p| seen.lock().unwrap().push((p.step, p.steps)),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let expected: Vec<(u32, u32)> = (1..=req.steps).map(|s| (s, req.steps)).collect();
+    assert_eq!(*steps.lock().unwrap(), expected);
+    let direct = pipeline().generate(&req, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(out.images[0].as_raw(), direct.images[0].as_raw());
+
+    let missing = PipelineConfig::cpu_f32(fixtures().join("does-not-exist.safetensors"));
+    let err = Engine::start(missing).unwrap_err().to_string();
+    assert!(err.contains("does-not-exist.safetensors"), "{err}");
+}

@@ -48,25 +48,54 @@ struct Job {
 /// Starts the engine.
 pub struct Engine;
 
+/// What the engine thread runs jobs on: the real pipeline, or a stand-in in tests.
+pub(crate) trait Generator {
+    fn info(&self) -> &LoadInfo;
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GenerateOutput, PipelineError>;
+}
+
+impl Generator for SdxlPipeline {
+    fn info(&self) -> &LoadInfo {
+        SdxlPipeline::info(self)
+    }
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GenerateOutput, PipelineError> {
+        SdxlPipeline::generate(self, req, progress, cancelled)
+    }
+}
+
 impl Engine {
     /// Spawns the engine thread, loads the pipeline on it and waits for the result, so load
     /// errors (bad checkpoint, no GPU) are returned here before any job is accepted. Blocks
     /// for the load time: call it from `spawn_blocking` (or before the runtime starts).
     pub fn start(config: PipelineConfig) -> Result<EngineHandle, PipelineError> {
+        Self::start_with(move || SdxlPipeline::load(&config))
+    }
+
+    pub(crate) fn start_with<G: Generator + 'static>(
+        load: impl FnOnce() -> Result<G, PipelineError> + Send + 'static,
+    ) -> Result<EngineHandle, PipelineError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<LoadInfo, PipelineError>>();
         let thread = std::thread::Builder::new()
             .name("sdxl-engine".into())
             .spawn(move || {
-                let loaded =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| SdxlPipeline::load(&config)))
-                        .unwrap_or_else(|p| {
-                            Err(PipelineError::Internal(format!(
-                                "panic while loading: {}",
-                                panic_message(&*p)
-                            )))
-                        });
-                let mut pipeline = match loaded {
+                let loaded = std::panic::catch_unwind(AssertUnwindSafe(load)).unwrap_or_else(|p| {
+                    Err(PipelineError::Internal(format!(
+                        "panic while loading: {}",
+                        panic_message(&*p)
+                    )))
+                });
+                let pipeline = match loaded {
                     Ok(p) => {
                         let _ = ready_tx.send(Ok(p.info().clone()));
                         p
@@ -77,7 +106,7 @@ impl Engine {
                     }
                 };
                 drop(ready_tx);
-                serve(&mut pipeline, rx);
+                serve(&pipeline, rx);
             })
             .map_err(|e| PipelineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
         match ready_rx.recv() {
@@ -97,7 +126,7 @@ impl Engine {
     }
 }
 
-fn serve(pipeline: &mut SdxlPipeline, rx: mpsc::Receiver<Job>) {
+fn serve<G: Generator>(pipeline: &G, rx: mpsc::Receiver<Job>) {
     // Ends when every handle is dropped.
     while let Ok(job) = rx.recv() {
         let Job {
@@ -207,5 +236,142 @@ impl EngineHandle {
             })
             .map_err(|_| EngineError::Stopped)?;
         rx.blocking_recv().map_err(|_| EngineError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{SamplerKind, SigmaSchedule};
+    use candle_core::{DType, Device, Tensor};
+
+    /// Panics on seed 666, fails on seed 1, otherwise reports every step and returns.
+    struct Fake(LoadInfo);
+
+    impl Generator for Fake {
+        fn info(&self) -> &LoadInfo {
+            &self.0
+        }
+        fn generate(
+            &self,
+            req: &GenerateRequest,
+            progress: &mut dyn FnMut(Progress),
+            cancelled: &dyn Fn() -> bool,
+        ) -> Result<GenerateOutput, PipelineError> {
+            match req.seed {
+                666 => panic!("boom"),
+                1 => return Err(PipelineError::InvalidRequest("bad".into())),
+                _ => {}
+            }
+            for step in 1..=req.steps {
+                if cancelled() {
+                    return Err(PipelineError::Cancelled);
+                }
+                progress(Progress {
+                    step,
+                    steps: req.steps,
+                });
+            }
+            let t = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu)?;
+            Ok(GenerateOutput {
+                images: vec![],
+                seeds: vec![req.seed],
+                latents: t.clone(),
+                image_float: t,
+                timings: Default::default(),
+            })
+        }
+    }
+
+    fn info() -> LoadInfo {
+        LoadInfo {
+            checkpoint: "fake".into(),
+            architecture: "SDXL base".into(),
+            v_prediction: false,
+            zero_terminal_snr: false,
+            device: "cpu".into(),
+            dtype: "f32",
+            vae_dtype: "f32",
+            load_seconds: 0.0,
+        }
+    }
+
+    fn req(seed: u64) -> GenerateRequest {
+        GenerateRequest {
+            prompt: "x".into(),
+            negative_prompt: None,
+            width: 64,
+            height: 64,
+            steps: 4,
+            guidance: 5.0,
+            sampler: SamplerKind::Euler,
+            schedule: SigmaSchedule::Default,
+            seed,
+            num_images: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn panics_become_errors_and_the_engine_goes_on() {
+        let engine = Engine::start_with(|| Ok(Fake(info()))).unwrap();
+        assert_eq!(engine.info().architecture, "SDXL base");
+        let err = engine
+            .generate(req(666), |_| {}, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Panicked(m) if m.contains("boom")),
+            "{err:?}"
+        );
+        assert_eq!(err.error_type(), "internal_error");
+        let err = engine
+            .generate(req(1), |_| {}, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "invalid_input");
+
+        let steps = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&steps);
+        let out = engine
+            .generate(
+                req(7),
+                move |p| seen.lock().unwrap().push(p.step),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.seeds, vec![7]);
+        assert_eq!(*steps.lock().unwrap(), vec![1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn cancellation_reaches_the_job() {
+        let engine = Engine::start_with(|| Ok(Fake(info()))).unwrap();
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        let err = engine
+            .generate(
+                req(7),
+                move |p| {
+                    if p.step == 2 {
+                        c2.cancel()
+                    }
+                },
+                cancel,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "cancelled");
+    }
+
+    #[test]
+    fn load_errors_and_load_panics_are_reported_by_start() {
+        let err = Engine::start_with(|| -> Result<Fake, _> {
+            Err(PipelineError::Config("no gpu".into()))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "no gpu");
+        let err = Engine::start_with(|| -> Result<Fake, _> { panic!("bad load") }).unwrap_err();
+        assert!(err.to_string().contains("bad load"), "{err}");
     }
 }

@@ -181,7 +181,7 @@ pub struct GenerateRequest {
     /// Classifier-free guidance scale; ≤ 1 disables CFG (one UNet pass per step).
     pub guidance: f32,
     pub sampler: SamplerKind,
-    /// σ schedule (`Karras` for "DPM++ 2M Karras"; Euler a and DDIM take `Normal` only).
+    /// σ schedule (`Karras` for "DPM++ 2M Karras"; Euler a and DDIM take `Default` only).
     pub schedule: SigmaSchedule,
     /// Image `i` uses seed `seed + i` (its own generator), as A1111 does.
     pub seed: u64,
