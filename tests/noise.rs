@@ -87,7 +87,11 @@ fn case_noise_and_draws_bit_exact() {
         let mut rngs: Vec<TorchRng> = (0..batch as u64).map(|i| TorchRng::new(seed + i)).collect();
         let draws = case_f32(id, "rng_draws.npy");
         let n_draws = draws.shape[0];
-        assert_eq!(n_draws as u64, case["num_rng_draws"].as_u64().unwrap(), "{id}");
+        assert_eq!(
+            n_draws as u64,
+            case["num_rng_draws"].as_u64().unwrap(),
+            "{id}"
+        );
         let init = case_f32(id, "init_noise.npy");
         for d in 0..n_draws {
             let mut got = Vec::with_capacity(per * batch);

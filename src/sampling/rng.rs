@@ -4,7 +4,7 @@
 //! Users judge the worker on "same seed, same image" against diffusers, ComfyUI and A1111, all of
 //! which draw the initial latents (and ancestral-sampler noise) from torch's CPU generator. So
 //! the noise must be torch's, not merely "a normal distribution". Torch's CPU generator is a plain
-//! MT19937; the normal transform has two paths (see `/work/shared/spec/formats.md` §5.1):
+//! MT19937; the normal transform has two paths (torch's `normal_kernel`, CPU, float32):
 //!
 //! * `numel >= 16` (contiguous float32): fill everything with 24-bit float uniforms, then a
 //!   Box–Muller over blocks of 16 (`u1 = 1 - data[j]`, `u2 = data[j + 8]`, j < 8), redoing the
@@ -37,10 +37,7 @@ impl Mt19937 {
                 .wrapping_mul(prev ^ (prev >> 30))
                 .wrapping_add(j as u32);
         }
-        Self {
-            state,
-            index: MT_N,
-        }
+        Self { state, index: MT_N }
     }
 
     fn twist(&mut self) {
@@ -85,7 +82,9 @@ pub struct TorchRng {
 
 impl std::fmt::Debug for TorchRng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TorchRng").field("seed", &self.seed).finish_non_exhaustive()
+        f.debug_struct("TorchRng")
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,7 +159,11 @@ impl TorchRng {
     /// [`TorchRng::randn`] shaped as `shape` (C order, like torch) and placed on `device`.
     /// The numbers are always generated on the host, as diffusers does with a CPU generator, so
     /// the result is the same on every device.
-    pub fn randn_tensor(&mut self, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+    pub fn randn_tensor(
+        &mut self,
+        shape: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let n = shape.iter().product();
         let data = self.randn(n);
         Tensor::from_vec(data, shape, device)

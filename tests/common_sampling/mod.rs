@@ -25,6 +25,28 @@ pub fn read_npy<T: npyz::Deserialize>(path: &std::path::Path) -> Npy<T> {
     Npy { shape, data }
 }
 
+/// Reads a case array that is float32 or int64 (timesteps differ by scheduler) as f64.
+pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
+    let path = reference_dir().join("cases").join(case).join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    match npy.dtype().descr().trim_matches('\'') {
+        "<f4" => npy
+            .into_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        "<i8" => npy
+            .into_vec::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        other => panic!("{}: unexpected dtype {other}", path.display()),
+    }
+}
+
 /// Reads a float32 array of a reference case.
 pub fn case_f32(case: &str, file: &str) -> Npy<f32> {
     read_npy(&reference_dir().join("cases").join(case).join(file))
