@@ -2,14 +2,15 @@
 //! encoders, concatenated) and `pooled_prompt_embeds` (te2 EOS output projected), for every
 //! reference case and its negative prompt when one was encoded. CPU, f32.
 
-mod common;
+mod te_vae_common;
 
 use candle_core::{DType, Device, Tensor};
-use common::te_vae::*;
 use sdxl_worker::model::clip::{
-    ClipActivation, ClipKind, ClipTextConfig, ClipTextModel, SDXL_LAYERS_FROM_END,
+    sdxl_text_conditioning, ClipActivation, ClipKind, ClipTextConfig, ClipTextModel,
+    SDXL_LAYERS_FROM_END,
 };
 use sdxl_worker::model::ModelError;
+use te_vae_common::*;
 
 const TE1: &str = "conditioner.embedders.0.transformer";
 const TE2: &str = "conditioner.embedders.1.model";
@@ -68,10 +69,7 @@ fn encode(
     ids1: &Tensor,
     ids2: &Tensor,
 ) -> (Tensor, Tensor) {
-    let o1 = te1.forward(ids1, SDXL_LAYERS_FROM_END, false).unwrap();
-    let o2 = te2.forward(ids2, SDXL_LAYERS_FROM_END, true).unwrap();
-    let embeds = Tensor::cat(&[&o1.hidden, &o2.hidden], 2).unwrap();
-    (embeds, o2.pooled.unwrap())
+    sdxl_text_conditioning(te1, te2, ids1, ids2, SDXL_LAYERS_FROM_END).unwrap()
 }
 
 #[test]
@@ -261,4 +259,53 @@ fn missing_or_misshapen_tensors_are_named() {
     let err = ClipTextConfig::infer(&shapes, "conditioner.embedders.5.model", ClipKind::OpenClip)
         .unwrap_err();
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
+}
+
+/// The penultimate hidden state does not run the last layer: poisoning that layer with NaN
+/// leaves the SDXL conditioning of te1 unchanged (and does show up in the pooled output).
+#[test]
+fn layers_after_the_selected_one_are_not_run() {
+    let tensors: std::collections::HashMap<String, Tensor> =
+        candle_core::safetensors::load(checkpoint(), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("conditioner."))
+            .map(|(k, v)| {
+                let last = k.contains(".encoder.layers.1.") || k.contains(".resblocks.1.");
+                let v = if last {
+                    (v.to_dtype(DType::F32).unwrap() * f64::NAN).unwrap()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect();
+    let shapes = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+        .collect();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let c1 = ClipTextConfig::infer(&shapes, TE1, ClipKind::OpenAiClip).unwrap();
+    let c2 = ClipTextConfig::infer(&shapes, TE2, ClipKind::OpenClip).unwrap();
+    let te1 = ClipTextModel::load(vb.pp(TE1), &c1).unwrap();
+    let te2 = ClipTextModel::load(vb.pp(TE2), &c2).unwrap();
+    let dir = cases_dir().join("m_euler_128x128_nolora_s0_n8");
+    let i1 = ids_tensor(&dir.join("input_ids_tokenizer.npy"));
+    let i2 = ids_tensor(&dir.join("input_ids_tokenizer_2.npy"));
+    let h1 = te1
+        .forward(&i1, SDXL_LAYERS_FROM_END, false)
+        .unwrap()
+        .hidden;
+    let want = npy_tensor(&dir.join("prompt_embeds.npy"));
+    assert!(rel_max_diff(&h1, &want.narrow(2, 0, 64).unwrap()) < TOL);
+    let o2 = te2.forward(&i2, SDXL_LAYERS_FROM_END, true).unwrap();
+    assert!(rel_max_diff(&o2.hidden, &want.narrow(2, 64, 128).unwrap()) < TOL);
+    let pooled = o2
+        .pooled
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(pooled.iter().all(|v| v.is_nan()));
 }

@@ -1,12 +1,12 @@
 //! VAE against the diffusers references: `image_float = decode(final_latents / 0.13025)` and
 //! the PNG bytes; the encoder's shapes, determinism and round trip; error naming. CPU, f32.
 
-mod common;
+mod te_vae_common;
 
 use candle_core::{DType, Device, Tensor};
-use common::te_vae::*;
 use sdxl_worker::model::vae::{Vae, VaeConfig, SDXL_VAE_SCALING_FACTOR};
 use sdxl_worker::model::ModelError;
+use te_vae_common::*;
 
 const VAE: &str = "first_stage_model";
 
@@ -59,6 +59,8 @@ fn decode_matches_diffusers_images() {
         "m_dpmpp_2m_karras_192x128_lora1_s1_n8",
         "steps20_m_euler_a_128x192_nolora_s12_n20",
         "batch2_m_euler_a_128x128_nolora_s42_n8",
+        "m_ddim_128x128_nolora_s1234_n8",
+        "noneg_m_euler_128x128_nolora_s3_n8",
     ];
     let (mut worst_rel, mut worst_px) = (0f32, 0f64);
     for id in cases {

@@ -409,6 +409,29 @@ impl ClipTextModel {
     }
 }
 
+/// SDXL's text conditioning for one batch of prompts, as diffusers' `encode_prompt`:
+/// `concat(te1 hidden, te2 hidden)` on the feature axis (`[B, L, w1 + w2]`) with both hidden
+/// states taken `layers_from_end` from the end ([`SDXL_LAYERS_FROM_END`] by default), and
+/// te2's pooled, projected EOS output (`[B, proj]`). `ids1`/`ids2` come from the two
+/// tokenizers (they differ in the pad token).
+pub fn sdxl_text_conditioning(
+    te1: &ClipTextModel,
+    te2: &ClipTextModel,
+    ids1: &Tensor,
+    ids2: &Tensor,
+    layers_from_end: usize,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let _span = tracing::debug_span!("sdxl_text_conditioning").entered();
+    let o1 = te1.forward(ids1, layers_from_end, false)?;
+    let o2 = te2.forward(ids2, layers_from_end, true)?;
+    let pooled = o2.pooled.ok_or_else(|| {
+        ModelError::Unsupported("the second text encoder produced no pooled output".into())
+    })?;
+    let hidden2 = o2.hidden.to_dtype(o1.hidden.dtype())?;
+    let embeds = Tensor::cat(&[&o1.hidden, &hidden2], 2)?;
+    Ok((embeds, pooled))
+}
+
 fn first_argmax(row: &[u64]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {

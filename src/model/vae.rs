@@ -189,11 +189,42 @@ impl AttnBlock {
         let q = self.q.forward(&t)?.unsqueeze(1)?;
         let k = self.k.forward(&t)?.unsqueeze(1)?;
         let v = self.v.forward(&t)?.unsqueeze(1)?;
-        let o = sdpa(&q, &k, &v, None, 1.0 / (c as f64).sqrt())?.squeeze(1)?;
+        let o = chunked_attention(&q, &k, &v, 1.0 / (c as f64).sqrt(), MAX_SCORE_ELEMENTS)?
+            .squeeze(1)?;
         let o = self.proj_out.forward(&o)?;
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + o
     }
+}
+
+/// Upper bound on the elements of one attention score matrix. The VAE attends over every
+/// pixel of the latent: 16384 tokens at 1024², 65536 at 2048² (a 16 GiB f32 matrix), so the
+/// queries are processed in row blocks; softmax rows are independent, so the result is the same.
+const MAX_SCORE_ELEMENTS: usize = 1 << 28;
+
+/// `sdpa` over `q` `[B, 1, N, C]` in blocks of query rows so that no score matrix exceeds
+/// `max_scores` elements.
+fn chunked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    max_scores: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, _, n, _) = q.dims4()?;
+    let keys = k.dim(2)?;
+    let rows = (max_scores / (b * keys).max(1)).clamp(1, n);
+    if rows >= n {
+        return sdpa(q, k, v, None, scale);
+    }
+    let mut parts = Vec::with_capacity(n.div_ceil(rows));
+    let mut start = 0;
+    while start < n {
+        let len = rows.min(n - start);
+        parts.push(sdpa(&q.narrow(2, start, len)?, k, v, None, scale)?);
+        start += len;
+    }
+    Tensor::cat(&parts, 2)
 }
 
 #[derive(Debug, Clone)]
@@ -358,7 +389,13 @@ impl LatentDist {
         (&self.logvar * 0.5)?.exp()
     }
 
-    /// `mean + std · noise`, with `noise` standard normal of the same shape.
+    /// The distribution's mode (its mean), what deterministic img2img pipelines use.
+    pub fn mode(&self) -> &Tensor {
+        &self.mean
+    }
+
+    /// `mean + std · noise`, with `noise` standard normal of the same shape. Unscaled:
+    /// multiply by the scaling factor before handing it to the UNet.
     pub fn sample(&self, noise: &Tensor) -> candle_core::Result<Tensor> {
         self.mean
             .broadcast_add(&self.std()?.broadcast_mul(&noise.to_dtype(DType::F32)?)?)
@@ -378,7 +415,8 @@ pub struct Vae {
 
 impl Vae {
     /// Builds the VAE from `vb`, pointed at the VAE's prefix (e.g. `vb.pp("first_stage_model")`,
-    /// or a diffusers file renamed by [`super::vae_names::ldm_view`]).
+    /// or a diffusers file renamed by
+    /// [`super::vae_names::VaeNameMap::ldm_view`]).
     pub fn load(vb: VarBuilder<'_>, cfg: &VaeConfig) -> Result<Self, ModelError> {
         let _span = tracing::debug_span!("load_vae", dtype = ?vb.dtype()).entered();
         if cfg.block_out_channels.is_empty() {
@@ -467,5 +505,25 @@ impl Vae {
                 "VAE {what} must be [batch, {channels}, height, width], got {d:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn chunked_attention_equals_whole() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 1, 37, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1., (2, 1, 37, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1., (2, 1, 37, 8), &dev)?;
+        let whole = chunked_attention(&q, &k, &v, 0.3, usize::MAX)?;
+        // 2·37·5 score elements per block: blocks of 5 query rows, the last one of 2.
+        let parts = chunked_attention(&q, &k, &v, 0.3, 2 * 37 * 5)?;
+        let diff = (whole - parts)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        Ok(())
     }
 }

@@ -241,3 +241,63 @@ impl VaeNameMap {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffusers_names_map_to_ldm() {
+        let m = |n: &str| diffusers_to_ldm(n, 4);
+        assert_eq!(
+            m("decoder.up_blocks.0.resnets.2.conv1.weight").as_deref(),
+            Some("decoder.up.3.block.2.conv1.weight")
+        );
+        assert_eq!(
+            m("decoder.up_blocks.2.upsamplers.0.conv.bias").as_deref(),
+            Some("decoder.up.1.upsample.conv.bias")
+        );
+        assert_eq!(
+            m("encoder.down_blocks.3.resnets.0.conv_shortcut.weight").as_deref(),
+            Some("encoder.down.3.block.0.nin_shortcut.weight")
+        );
+        assert_eq!(
+            m("encoder.down_blocks.1.downsamplers.0.conv.weight").as_deref(),
+            Some("encoder.down.1.downsample.conv.weight")
+        );
+        assert_eq!(
+            m("encoder.mid_block.resnets.1.norm2.bias").as_deref(),
+            Some("encoder.mid.block_2.norm2.bias")
+        );
+        // Current and pre-0.14 diffusers attention names.
+        for (d, l) in [
+            ("to_q", "q"),
+            ("query", "q"),
+            ("to_k", "k"),
+            ("key", "k"),
+            ("to_v", "v"),
+            ("value", "v"),
+            ("to_out.0", "proj_out"),
+            ("proj_attn", "proj_out"),
+            ("group_norm", "norm"),
+        ] {
+            assert_eq!(
+                m(&format!("decoder.mid_block.attentions.0.{d}.weight")),
+                Some(format!("decoder.mid.attn_1.{l}.weight"))
+            );
+        }
+        assert_eq!(
+            m("decoder.conv_norm_out.weight").as_deref(),
+            Some("decoder.norm_out.weight")
+        );
+        assert_eq!(
+            m("post_quant_conv.bias").as_deref(),
+            Some("post_quant_conv.bias")
+        );
+        // Out-of-range level, wrong side, unknown parts.
+        assert_eq!(m("decoder.up_blocks.4.resnets.0.conv1.weight"), None);
+        assert_eq!(m("decoder.down_blocks.0.resnets.0.conv1.weight"), None);
+        assert_eq!(m("encoder.mid_block.attentions.0.to_out.1.weight"), None);
+        assert_eq!(m("decoder.conv_in.scale"), None);
+    }
+}

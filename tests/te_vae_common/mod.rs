@@ -84,7 +84,7 @@ pub fn ids_tensor(path: &std::path::Path) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// max |a - b| / max |b|.
+/// max |a - b| / max |b|; infinite when `a` has a NaN or infinity.
 pub fn rel_max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a
