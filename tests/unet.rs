@@ -581,3 +581,55 @@ fn config_of_full_size_sdxl_base_and_refiner_shapes() {
     let cfg = UNetConfig::infer(&ldm_unet_shapes(&ssd), PREFIX).unwrap();
     assert_eq!(cfg.middle_transformer_depth, 0);
 }
+
+/// Full-size SDXL base UNet with random weights (N(0, 1/fan_in), unit norms): load time and
+/// one CFG forward at 512x512 (latents [2, 4, 64, 64]) on the CPU, f32. Needs ~11 GB of RAM
+/// and minutes on a few cores, so it runs only on request:
+/// `cargo test --test unet -- --ignored --nocapture full_size`.
+#[test]
+#[ignore = "full-size SDXL UNet: ~11 GB RAM, minutes of CPU; run with --ignored"]
+fn full_size_sdxl_unet_forward_timing() {
+    let dev = Device::Cpu;
+    let shapes = ldm_unet_shapes(&SDXL_BASE);
+    let started = std::time::Instant::now();
+    let mut ts = HashMap::new();
+    for (name, shape) in &shapes {
+        let t = match (shape.len(), name.ends_with(".bias")) {
+            (1, true) => Tensor::zeros(shape.as_slice(), DType::F32, &dev),
+            (1, false) => Tensor::ones(shape.as_slice(), DType::F32, &dev),
+            _ => {
+                let fan_in: usize = shape[1..].iter().product();
+                Tensor::randn(
+                    0f32,
+                    (1.0 / fan_in as f64).sqrt() as f32,
+                    shape.as_slice(),
+                    &dev,
+                )
+            }
+        }
+        .unwrap();
+        ts.insert(name.clone(), t);
+    }
+    eprintln!("random weights: {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let cfg = UNetConfig::infer(&shapes, PREFIX).unwrap();
+    let vb = VarBuilder::from_tensors(ts, DType::F32, &dev).pp("model.diffusion_model");
+    let unet = UNet::new(vb, &cfg).unwrap();
+    eprintln!("config + build: {:?}", started.elapsed());
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), &dev).unwrap();
+    let t = Tensor::new(&[999f32], &dev).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (2, 77, 2048), &dev).unwrap();
+    let ids = Tensor::new(&[[512f32, 512., 0., 0., 512., 512.]; 2], &dev).unwrap();
+    let pooled = Tensor::randn(0f32, 1.0, (2, 1280), &dev).unwrap();
+    let y = Tensor::cat(&[pooled, time_ids_embedding(&ids, TIME_ID_DIM).unwrap()], 1).unwrap();
+    for run in 0..2 {
+        let started = std::time::Instant::now();
+        let out = unet.forward(&x, &t, &ctx, &y).unwrap();
+        assert_eq!(out.dims(), &[2, 4, 64, 64]);
+        assert!(max_abs(&out).is_finite());
+        eprintln!(
+            "forward {run} (batch 2, 64x64 latents): {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -339,7 +339,8 @@ impl UNetConfig {
             adm_in_channels,
             context_dim,
             head_dim: HEAD_DIM,
-            ff_mult: ff_mult.unwrap_or(4),
+            // Set together with `context_dim` by the first attention block.
+            ff_mult: ff_mult.unwrap_or_default(),
             down,
             middle_transformer_depth,
             up,
@@ -693,6 +694,7 @@ impl UNet {
         context: &Tensor,
         y: &Tensor,
     ) -> Result<Tensor, ModelError> {
+        let _span = tracing::debug_span!("unet_forward", shape = ?x.dims()).entered();
         let c = &self.config;
         let (b, ch, _, _) = x.dims4()?;
         let check = |name: &str, t: &Tensor, expected: String, ok: bool| {
