@@ -8,7 +8,7 @@ use crate::model::vae::{Vae, VaeConfig};
 use crate::model::vae_names::vae_name_map;
 use crate::model::ModelError;
 use crate::model::ShapeMap;
-use crate::prompt::Tokenizers;
+use crate::prompt::ClipTokenizers;
 use crate::sampling::{self, Sampler, SamplerKind, ScheduleConfig, SigmaSchedule, TorchRng};
 use crate::weights::layout::{sdxl_layout, SdxlDims};
 use crate::weights::{
@@ -275,7 +275,7 @@ pub struct Conditioning {
 
 /// The loaded SDXL models on one device.
 pub struct SdxlPipeline {
-    tokenizers: Tokenizers,
+    tokenizers: ClipTokenizers,
     te1: ClipTextModel,
     te2: ClipTextModel,
     unet: UNet,
@@ -413,7 +413,7 @@ impl SdxlPipeline {
         };
         tracing::info!(seconds = t.elapsed().as_secs_f64(), "VAE loaded");
         let tokenizers =
-            Tokenizers::embedded().map_err(|e| PipelineError::Prompt(e.to_string()))?;
+            ClipTokenizers::load().map_err(|e| PipelineError::Prompt(e.to_string()))?;
 
         let info = LoadInfo {
             checkpoint: path.clone(),
@@ -472,10 +472,11 @@ impl SdxlPipeline {
     /// Encodes one text with both encoders: `(penultimate hidden states concatenated
     /// [1, 77, C], te2 pooled projection [1, P])`, both f32.
     fn encode_text(&self, text: &str) -> Result<(Tensor, Tensor), PipelineError> {
-        let (ids1, ids2) = self
+        let ids = self
             .tokenizers
             .encode(text)
             .map_err(|e| PipelineError::Prompt(e.to_string()))?;
+        let (ids1, ids2) = (ids.te1, ids.te2);
         let (l1, l2) = (ids1.len(), ids2.len());
         let ids1 = Tensor::from_vec(ids1, (1, l1), &self.device)?;
         let ids2 = Tensor::from_vec(ids2, (1, l2), &self.device)?;
