@@ -193,7 +193,7 @@ impl GenerateRequest {
     pub fn validate(&self) -> Result<(), PipelineError> {
         let bad = |m: String| Err(PipelineError::InvalidRequest(m));
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v < 64 || v > MAX_SIDE || v % 8 != 0 {
+            if !(64..=MAX_SIDE).contains(&v) || v % 8 != 0 {
                 return bad(format!(
                     "{name} {v} is not allowed: use a multiple of 8 from 64 to {MAX_SIDE}"
                 ));
