@@ -461,12 +461,15 @@ impl SdxlPipeline {
     /// The schedule configuration for this checkpoint (SDXL's, with the file's prediction
     /// type and zero-terminal-SNR marker).
     pub fn schedule_config(&self) -> ScheduleConfig {
-        let mut c = ScheduleConfig::sdxl();
-        if self.arch.prediction == Prediction::V {
-            c.prediction_type = sampling::PredictionType::VPrediction;
-            c.rescale_zero_terminal_snr = self.arch.zero_terminal_snr;
+        match (self.arch.prediction, self.arch.zero_terminal_snr) {
+            (Prediction::Epsilon, _) => ScheduleConfig::sdxl(),
+            // Zero terminal SNR needs trailing spacing to start at σ = ∞-like t = 999.
+            (Prediction::V, true) => ScheduleConfig::sdxl_v_pred_ztsnr(),
+            (Prediction::V, false) => ScheduleConfig {
+                prediction_type: sampling::PredictionType::VPrediction,
+                ..ScheduleConfig::sdxl()
+            },
         }
-        c
     }
 
     /// Encodes one text with both encoders: `(penultimate hidden states concatenated
