@@ -74,6 +74,19 @@ pub fn rss_mib() -> (Option<f64>, Option<f64>) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU time (user + system) this process has used, in seconds, from `/proc/self/stat`
+/// (Linux; `None` elsewhere). On a shared machine it measures our work, not the wall clock.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // The kernel reports clock ticks; USER_HZ is 100 on every Linux ABI we run on.
+    Some((utime + stime) / 100.0)
+}
+
 /// Runs the benchmark and prints its JSON report on stdout.
 pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
     let (sampler, schedule) = SamplerKind::parse_with_schedule(&args.sampler)?;
@@ -108,12 +121,33 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
     tracing::info!(load_s, "loaded; generating {} image(s)", args.images);
 
     let mut per_image = Vec::new();
+    // Steps after the first of each image (the first includes one-off allocations).
+    let (mut step_wall, mut step_cpu) = (Vec::new(), Vec::new());
     let mut first_image_s = None;
     for i in 0..args.images.max(1) {
         let mut req = request.clone();
         req.seed = i as u64;
         let t = Instant::now();
-        let out = handle.generate_blocking(req, |_| {}, CancellationToken::new())?;
+        // Per-step wall and CPU time from the progress callback (called after each step).
+        let marks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&marks);
+        let out = handle.generate_blocking(
+            req,
+            move |_| {
+                if let Ok(mut m) = sink.lock() {
+                    m.push((Instant::now(), process_cpu_seconds()));
+                }
+            },
+            CancellationToken::new(),
+        )?;
+        if let Ok(m) = marks.lock() {
+            for w in m.windows(2) {
+                step_wall.push(w[1].0.duration_since(w[0].0).as_secs_f64());
+                if let (Some(a), Some(b)) = (w[0].1, w[1].1) {
+                    step_cpu.push(b - a);
+                }
+            }
+        }
         let secs = t.elapsed().as_secs_f64();
         first_image_s.get_or_insert(t0.elapsed().as_secs_f64());
         tracing::info!(image = i, seconds = secs, "image done");
@@ -129,6 +163,7 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
         steady.iter().map(|x| f(x)).sum::<f64>() / steady.len() as f64
     };
     let seconds_per_image = mean(&|x| x.0);
+    let avg = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let denoise_s = mean(&|x| x.1.denoise_s);
     let report = serde_json::json!({
         "checkpoint": info.checkpoint,
@@ -151,6 +186,9 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
         "seconds_per_step": denoise_s / args.steps as f64,
         "unet_it_per_s": args.steps as f64 / denoise_s,
         "vae_decode_s": mean(&|x| x.1.decode_s),
+        "steady_step_wall_s": avg(&step_wall),
+        "steady_step_cpu_s": avg(&step_cpu),
+        "cpu_threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "vae_f32_retry": per_image.iter().any(|x| x.1.vae_f32_retry),
         "peak_rss_after_load_mib": hwm_after_load,
         "rss_after_load_mib": rss_after_load,

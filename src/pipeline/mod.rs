@@ -14,7 +14,7 @@ pub mod txt2img;
 pub use engine::{Engine, EngineError, EngineHandle};
 pub use txt2img::{
     Conditioning, GenerateOutput, GenerateRequest, LoadInfo, PipelineConfig, PipelineError,
-    Progress, SdxlPipeline, Timings,
+    Progress, SdxlPipeline, Timings, WeightsSource,
 };
 
 use candle_core::{DType, Device};

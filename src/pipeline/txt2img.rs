@@ -641,6 +641,7 @@ impl SdxlPipeline {
             if cancelled() {
                 return Err(PipelineError::Cancelled);
             }
+            let step_started = Instant::now();
             let t = sampler.timesteps()[i];
             let x_in = sampler.scale_model_input(&x, i).map_err(sampling_err)?;
             let x_in = if cfg {
@@ -662,6 +663,12 @@ impl SdxlPipeline {
             };
             x = sampler.step(&eps, i, &x, &mut rngs).map_err(sampling_err)?;
             timings.unet_steps += 1;
+            tracing::debug!(
+                step = i + 1,
+                steps,
+                seconds = step_started.elapsed().as_secs_f64(),
+                "sampler step"
+            );
             progress(Progress {
                 step: i as u32 + 1,
                 steps: steps as u32,
