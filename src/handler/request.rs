@@ -34,6 +34,7 @@ const FIELDS: &[(&str, &[&str])] = &[
 pub enum SamplerName {
     Euler,
     EulerA,
+    #[serde(rename = "dpmpp_2m")]
     DpmPp2m,
     Ddim,
 }

@@ -213,8 +213,11 @@ pub fn write_images(output: &Value, dir: &Path, job_id: &str) -> std::io::Result
 fn collect_images(v: &Value, out: &mut Vec<(Vec<u8>, &'static str)>) {
     match v {
         Value::String(s) => {
+            // The same image often appears twice (`images[0]` and `image_url`): write it once.
             if let Some(img) = decode_image(s) {
-                out.push(img);
+                if !out.iter().any(|(bytes, _)| *bytes == img.0) {
+                    out.push(img);
+                }
             }
         }
         Value::Array(items) => items.iter().for_each(|i| collect_images(i, out)),
