@@ -273,10 +273,7 @@ async fn engine_thread_matches_direct_pipeline() {
     use sdxl_worker::pipeline::Engine;
     use std::sync::{Arc, Mutex};
     let cfg = PipelineConfig::cpu_f32(fixtures().join("mini-m.fp16.safetensors"));
-    let engine = tokio::task::spawn_blocking(move || Engine::start(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let engine = Engine::start_async(cfg).await.unwrap();
     assert_eq!(engine.info().architecture, "SDXL base");
     assert_eq!(engine.info().device, "cpu");
     let req = request(case("m_euler_a_128x128_nolora_s1234_n8"));
