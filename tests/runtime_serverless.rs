@@ -204,7 +204,7 @@ fn handler_errors_become_the_sdk_error_json_and_the_worker_survives_panics() {
 
     let panic: Value =
         serde_json::from_str(finals(&api, "P1")[0].json()["error"].as_str().unwrap()).unwrap();
-    assert_eq!(panic["error_type"], "Panic");
+    assert_eq!(panic["error_type"], "handler_panic");
     assert!(panic["error_message"]
         .as_str()
         .unwrap()

@@ -84,6 +84,12 @@ impl SdxlHandler {
         })
     }
 
+    /// Replaces the request defaults and limits (tests use a smaller minimum size).
+    pub fn with_defaults(mut self, defaults: Defaults) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
     /// Validates everything the schema cannot know alone (model names), all at once.
     fn check_names(&self, input: &GenerateInput) -> Result<(), JobError> {
         let mut errors = Vec::new();

@@ -40,7 +40,7 @@ pub(crate) async fn execute(
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Outcome::Finished(Err(JobError::new("Panic", format!("handler panicked: {msg}"))))
+                Outcome::Finished(Err(JobError::new("handler_panic", format!("handler panicked: {msg}"))))
             }
             Err(_) => Outcome::Cancelled,
         },

@@ -119,7 +119,7 @@ impl From<Value> for HandlerOutput {
     }
 }
 
-/// A failed job. `error_type` is a stable machine-readable name (e.g. `InvalidInput`); the
+/// A failed job. `error_type` is a stable machine-readable name (snake_case, e.g. `invalid_input`); the
 /// message and the source chain end up in the error JSON (`error_message`,
 /// `error_traceback`) the platform shows to the client.
 #[derive(Debug, thiserror::Error)]
@@ -177,12 +177,12 @@ impl JobError {
 
     /// Bad job input; `message` should name the field and the allowed values.
     pub fn invalid_input(message: impl Into<String>) -> Self {
-        JobError::new("InvalidInput", message)
+        JobError::new("invalid_input", message)
     }
 
     /// The handler noticed [`JobContext::is_cancelled`] and gave up.
     pub fn cancelled() -> Self {
-        JobError::new("Cancelled", "job was cancelled")
+        JobError::new("cancelled", "job was cancelled")
     }
 
     pub fn error_type(&self) -> &str {
@@ -439,6 +439,6 @@ mod tests {
             "Load: loading model\n\nCaused by:\n    0: root cause"
         );
         let plain = JobError::invalid_input("`steps` must be 1..=150");
-        assert_eq!(plain.traceback(), "InvalidInput: `steps` must be 1..=150");
+        assert_eq!(plain.traceback(), "invalid_input: `steps` must be 1..=150");
     }
 }

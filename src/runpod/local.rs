@@ -295,16 +295,21 @@ mod tests {
     fn images_are_found_in_data_urls_and_bare_base64() {
         let png =
             b"\x89PNG\r\n\x1a\n0123456789012345678901234567890123456789012345678901234567890123";
+        let png2 =
+            b"\x89PNG\r\n\x1a\nabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij0123";
         let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+        let b64_2 = base64::engine::general_purpose::STANDARD.encode(png2);
         let output = json!({"images": [
             {"image": format!("data:image/png;base64,{b64}"), "seed": 1},
-            {"image": b64.clone()},
-        ], "note": "short"});
+            {"image": b64_2.clone()},
+        ], "image_url": format!("data:image/png;base64,{b64}"), "note": "short"});
         let dir = tempfile::tempdir().unwrap();
         let files = write_images(&output, dir.path(), "local/test").unwrap();
+        // `image_url` repeats images[0]: written once.
         assert_eq!(files.len(), 2);
         assert!(files[0].ends_with("local_test_0.png"));
-        assert_eq!(std::fs::read(&files[1]).unwrap(), png);
+        let written: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        assert!(written.contains(&png.to_vec()) && written.contains(&png2.to_vec()));
         assert!(decode_image(&"A".repeat(100)).is_none());
     }
 }
