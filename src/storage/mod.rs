@@ -27,7 +27,7 @@ const BODY_SNIPPET_CHARS: usize = 200;
 pub enum StorageError {
     #[error("object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
-    #[error("{action} `{key}` in bucket `{bucket}` at {host}: HTTP {status}: {detail}")]
+    #[error("{action} {} at {host}: HTTP {status}: {detail}", target(key, bucket))]
     Status {
         action: &'static str,
         host: String,
@@ -37,8 +37,8 @@ pub enum StorageError {
         detail: String,
     },
     #[error(
-        "{action} `{key}` in bucket `{bucket}` at {host} failed after {attempts} attempt(s): \
-         {message}"
+        "{action} {} at {host} failed after {attempts} attempt(s): {message}",
+        target(key, bucket)
     )]
     Transport {
         action: &'static str,
@@ -50,6 +50,15 @@ pub enum StorageError {
     },
     #[error("object storage client for {host}: {message}")]
     Client { host: String, message: String },
+}
+
+/// "`key` in bucket `b`", or "bucket `b`" for bucket-level requests.
+fn target(key: &str, bucket: &str) -> String {
+    if key.is_empty() {
+        format!("bucket `{bucket}`")
+    } else {
+        format!("`{key}` in bucket `{bucket}`")
+    }
 }
 
 /// Retries of one request: attempts in all, and the first pause (doubled each time).
@@ -195,8 +204,11 @@ impl Bucket {
         let url = action.sign(PUT_URL_EXPIRY);
         let body = action.body();
         let result = self
-            .send("creating bucket", "", || {
-                self.client.put(url.clone()).body(body.clone())
+            .send("creating", "", || {
+                self.client
+                    .put(url.clone())
+                    .header(reqwest::header::CONTENT_LENGTH, body.len())
+                    .body(body.clone())
             })
             .await;
         match result {
