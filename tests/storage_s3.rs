@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use sdxl_worker::storage::{image_key, Bucket, RetryPolicy, StorageArgs, StorageError};
-use storage_support::{free_port, Moto};
+use storage_support::{free_port, Moto, S3rver, S3RVER_KEY};
 
 const KEY_ID: &str = "AKIAEXAMPLEKEYID0042";
 const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzzSECRET";
@@ -21,12 +21,16 @@ struct Cli {
 
 /// A bucket configured the way the worker is: from flags.
 fn bucket_from_flags(extra: &[&str]) -> Bucket {
+    bucket_with_keys(KEY_ID, SECRET, extra)
+}
+
+fn bucket_with_keys(key_id: &str, secret: &str, extra: &[&str]) -> Bucket {
     let mut argv = vec![
         "sdxl-worker",
         "--bucket-access-key-id",
-        KEY_ID,
+        key_id,
         "--bucket-secret-access-key",
-        SECRET,
+        secret,
     ];
     argv.extend_from_slice(extra);
     let cli = Cli::try_parse_from(argv).unwrap();
@@ -246,6 +250,67 @@ async fn transient_server_errors_are_retried() {
     );
     assert!(err.to_string().contains("SlowDown"), "{err}");
     assert_no_credentials(&err.to_string());
+}
+
+#[tokio::test]
+async fn wrong_access_key_fails_with_clear_error_and_is_not_retried() {
+    // moto does not check presigned credentials; s3rver checks the access key id.
+    let server = S3rver::start("auth-bucket");
+    let endpoint = format!("{}/auth-bucket", server.url());
+    let bucket = bucket_from_flags(&["--bucket-endpoint-url", &endpoint]).with_retry(RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_secs(3),
+    });
+    let started = Instant::now();
+    let err = bucket
+        .upload("job-4/0.png", png(8, 8), "image/png")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StorageError::Status { status: 403, .. }),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a 403 is final, not retried"
+    );
+    for part in [
+        "`job-4/0.png`",
+        "`auth-bucket`",
+        &format!("127.0.0.1:{}", server.port),
+        "HTTP 403",
+        "InvalidAccessKeyId",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    // s3rver echoes the key id in its error body; it must not reach the message.
+    assert_no_credentials(&msg);
+    assert_no_credentials(&format!("{err:?}"));
+}
+
+#[tokio::test]
+async fn round_trip_on_a_second_server_implementation() {
+    let server = S3rver::start("second-impl");
+    let endpoint = format!("{}/second-impl", server.url());
+    let bucket = bucket_with_keys(
+        S3RVER_KEY,
+        S3RVER_KEY,
+        &["--bucket-endpoint-url", &endpoint],
+    );
+    let bytes = png(32, 32);
+    let url = bucket
+        .upload(
+            &image_key("sync-abc-e1", 0, "png"),
+            bytes.clone(),
+            "image/png",
+        )
+        .await
+        .unwrap();
+    let resp = get(&url).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[reqwest::header::CONTENT_TYPE], "image/png");
+    assert_eq!(&resp.bytes().await.unwrap()[..], &bytes[..]);
 }
 
 /// An HTTP/1.1 proxy to `127.0.0.1:<upstream>` whose first `failures` connections get a
