@@ -27,6 +27,8 @@ const BODY_SNIPPET_CHARS: usize = 200;
 pub enum StorageError {
     #[error("object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    #[error("content type {0:?} is not a valid header value (e.g. `image/png`)")]
+    InvalidContentType(String),
     #[error("{action} {} at {host}: HTTP {status}: {detail}", target(key, bucket))]
     Status {
         action: &'static str,
@@ -129,6 +131,14 @@ impl Bucket {
             host: host.clone(),
             message: format!("cannot address bucket `{}`: {e:?}", config.bucket),
         })?;
+        tracing::info!(
+            host = %host,
+            bucket = %config.bucket,
+            region = %config.region,
+            style = ?config.style,
+            url_expiry_s = config.url_expiry.as_secs(),
+            "result images go to object storage"
+        );
         let credentials = Credentials::new(
             config.access_key_id.expose(),
             config.secret_access_key.expose(),
@@ -162,6 +172,9 @@ impl Bucket {
         content_type: &str,
     ) -> Result<String, StorageError> {
         check_key(key)?;
+        if content_type.is_empty() || !content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(StorageError::InvalidContentType(content_type.to_string()));
+        }
         let started = Instant::now();
         let size = bytes.len();
         let body = bytes::Bytes::from(bytes);
@@ -430,6 +443,24 @@ mod tests {
             assert!(check_key(key).is_err(), "{key:?}");
         }
         check_key("job/0.png").unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_content_type_is_rejected_before_sending() {
+        let cfg = StorageArgs {
+            endpoint_url: Some("http://127.0.0.1:9/results".into()),
+            access_key_id: Some(Secret::new("k")),
+            secret_access_key: Some(Secret::new("s")),
+            ..StorageArgs::default()
+        }
+        .bucket_config()
+        .unwrap()
+        .unwrap();
+        let bucket = Bucket::new(cfg).unwrap();
+        for ct in ["", "image/png\r\nx-evil: 1"] {
+            let err = bucket.upload("j/0.png", vec![1], ct).await.unwrap_err();
+            assert!(matches!(err, StorageError::InvalidContentType(_)), "{err}");
+        }
     }
 
     #[test]
