@@ -86,12 +86,17 @@ pub struct StorageArgs {
     /// S3-compatible endpoint; may name the bucket (`https://<bucket>.s3.<region>.amazonaws.com`
     /// or `https://<host>/<bucket>`). With the two keys it turns on uploads: images are
     /// returned as presigned URLs instead of base64.
-    #[arg(long = "bucket-endpoint-url", env = "BUCKET_ENDPOINT_URL")]
+    #[arg(
+        long = "bucket-endpoint-url",
+        env = "BUCKET_ENDPOINT_URL",
+        value_name = "URL"
+    )]
     pub endpoint_url: Option<String>,
     /// Access key id for the bucket.
     #[arg(
         long = "bucket-access-key-id",
         env = "BUCKET_ACCESS_KEY_ID",
+        value_name = "KEY_ID",
         hide_env_values = true
     )]
     pub access_key_id: Option<Secret>,
@@ -99,17 +104,18 @@ pub struct StorageArgs {
     #[arg(
         long = "bucket-secret-access-key",
         env = "BUCKET_SECRET_ACCESS_KEY",
+        value_name = "SECRET",
         hide_env_values = true
     )]
     pub secret_access_key: Option<Secret>,
     /// Bucket name, when the endpoint URL does not contain it.
-    #[arg(long = "bucket-name", env = "BUCKET_NAME")]
+    #[arg(long = "bucket-name", env = "BUCKET_NAME", value_name = "BUCKET")]
     pub name: Option<String>,
     /// Signing region. Default: taken from the endpoint host (`s3.<region>.`), else us-east-1.
-    #[arg(long = "bucket-region", env = "BUCKET_REGION")]
+    #[arg(long = "bucket-region", env = "BUCKET_REGION", value_name = "REGION")]
     pub region: Option<String>,
     /// Lifetime of the returned presigned GET URLs, in seconds (1 to 604800 = 7 days).
-    #[arg(long = "bucket-url-expiry-secs", env = "BUCKET_URL_EXPIRY_SECS",
+    #[arg(long = "bucket-url-expiry-secs", env = "BUCKET_URL_EXPIRY_SECS", value_name = "SECS",
           default_value_t = MAX_URL_EXPIRY_SECS, value_parser = parse_expiry)]
     pub url_expiry_secs: u64,
     /// Bucket addressing in request URLs.
