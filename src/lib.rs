@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod prompt;
 pub mod runpod;
 pub mod sampling;
+pub mod storage;
 pub mod telemetry;
 pub mod weights;
 
