@@ -18,6 +18,8 @@ pub struct Config {
     pub fetch: crate::fetch::FetchArgs,
     #[command(flatten)]
     pub engine: crate::pipeline::EngineArgs,
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
 }
 
 /// Subcommands besides the default (serve jobs).

@@ -44,12 +44,21 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         tracing::info!(files = models.models.len(), "prefetch done");
         return Ok(ExitCode::SUCCESS);
     }
+    // Bad BUCKET_* settings stop the worker at start, not on the first job.
+    let bucket = config
+        .storage
+        .bucket_config()
+        .context("object storage settings (BUCKET_*)")?
+        .map(storage::Bucket::new)
+        .transpose()
+        .context("object storage client")?
+        .map(std::sync::Arc::new);
     let shutdown = runpod::shutdown_token();
     let fetch_args = config.fetch.clone();
     let engine_args = config.engine.clone();
     let init = async move {
         let models = fetch::prefetch(&fetch_args, &manifest).await?;
-        let handler = handler::build(models, &engine_args).await?;
+        let handler = handler::build(models, &engine_args, bucket).await?;
         Ok::<_, anyhow::Error>(handler)
     };
     runpod::run(&config.runtime, init, shutdown).await

@@ -47,7 +47,7 @@ fn spawn_worker(api: &MockJobApi, shutdown: CancellationToken) -> std::thread::J
             let init = async move {
                 let manifest = fetch::Manifest::load(&fetch_args.models)?;
                 let models = fetch::prefetch(&fetch_args, &manifest).await?;
-                let handler = SdxlHandler::load(models, &engine_args()).await?;
+                let handler = SdxlHandler::load(models, &engine_args(), None).await?;
                 let defaults = Defaults {
                     min_side: 64,
                     ..Defaults::default()

@@ -355,3 +355,66 @@ async fn flaky_proxy(upstream: u16, failures: usize) -> u16 {
     });
     port
 }
+
+/// The SDXL handler with a bucket: every image of a job is uploaded as `<job_id>/<n>.<ext>`
+/// and the result lists presigned URLs that serve the PNGs (with their metadata) instead of
+/// data URIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_uploads_images_and_returns_presigned_urls() {
+    use sdxl_worker::handler::{request::Defaults, SdxlHandler};
+    use sdxl_worker::runpod::{Handler, Job, JobContext};
+    use std::sync::Arc;
+
+    let moto = Moto::start();
+    let bucket = bucket_from_flags(&["--bucket-endpoint-url", &format!("{}/results", moto.url())]);
+    bucket.create_bucket().await.unwrap();
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = tempfile::tempdir().unwrap();
+    let fetch_args =
+        sdxl_worker::fetch::FetchArgs::new(root.join("tests/fixtures/models.toml"), cache.path());
+    let manifest = sdxl_worker::fetch::Manifest::load(&fetch_args.models).unwrap();
+    let models = sdxl_worker::fetch::prefetch(&fetch_args, &manifest)
+        .await
+        .unwrap();
+    let engine = sdxl_worker::pipeline::EngineArgs {
+        device: "cpu".into(),
+        dtype: sdxl_worker::pipeline::DTypeArg::F32,
+        vae_dtype: sdxl_worker::pipeline::DTypeArg::F32,
+    };
+    let handler = SdxlHandler::load(models, &engine, Some(Arc::new(bucket)))
+        .await
+        .unwrap()
+        .with_defaults(Defaults {
+            min_side: 64,
+            ..Defaults::default()
+        });
+    let job = Job::new(
+        "job-s3",
+        serde_json::json!({"prompt": "a cat", "width": 64, "height": 64, "steps": 2,
+                           "num_images": 2, "seed": 5}),
+    );
+    let out = handler
+        .handle(job, JobContext::detached("job-s3"))
+        .await
+        .unwrap()
+        .value;
+    let images = out["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    assert_eq!(out["image_url"], images[0]);
+    for (n, url) in images.iter().enumerate() {
+        let url = url.as_str().unwrap();
+        assert!(url.contains(&format!("/results/job-s3/{n}.png?")), "{url}");
+        let resp = get(url).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[reqwest::header::CONTENT_TYPE], "image/png");
+        let bytes = resp.bytes().await.unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(&bytes[..]))
+            .read_info()
+            .unwrap();
+        let text = &reader.info().uncompressed_latin1_text[0].text;
+        assert!(text.contains(&format!("Seed: {}", 5 + n)), "{text}");
+    }
+    // A presigned URL carries the access key id by design (X-Amz-Credential), never the secret.
+    assert!(!out.to_string().contains(SECRET));
+}

@@ -47,12 +47,18 @@ pub struct SdxlHandler {
     checkpoint: ResolvedModel,
     models: ResolvedModels,
     defaults: Defaults,
+    /// Object storage for result images; `None` = inline base64 data URIs.
+    bucket: Option<Arc<crate::storage::Bucket>>,
 }
 
 impl SdxlHandler {
     /// Starts the engine on the default checkpoint of `models` (and the `[vae]` override,
     /// if any). Loading runs on a blocking thread so the runtime keeps answering meanwhile.
-    pub async fn load(models: ResolvedModels, args: &EngineArgs) -> Result<Self, LoadError> {
+    pub async fn load(
+        models: ResolvedModels,
+        args: &EngineArgs,
+        bucket: Option<Arc<crate::storage::Bucket>>,
+    ) -> Result<Self, LoadError> {
         let checkpoint = models
             .default_checkpoint()
             .cloned()
@@ -81,6 +87,7 @@ impl SdxlHandler {
             checkpoint,
             models,
             defaults: Defaults::default(),
+            bucket,
         })
     }
 
@@ -232,21 +239,39 @@ impl Handler for SdxlHandler {
         .await
         .map_err(|e| JobError::new("internal_error", format!("image encoding thread: {e}")))?
         .map_err(|e| JobError::from_error("encode_error", e))?;
-        let uris: Vec<String> = encoded
-            .iter()
-            .map(|b| crate::image::data_uri(b, format))
-            .collect();
-        let inline_bytes: usize = uris.iter().map(String::len).sum();
-        if inline_bytes > MAX_INLINE_RESULT_BYTES {
-            return Err(JobError::new(
-                "result_too_large",
-                format!(
-                    "the images are {inline_bytes} bytes as base64, over RunPod's ~20 MB result \
-                     limit: ask for fewer images, use output_format jpeg, or configure object \
-                     storage"
-                ),
-            ));
-        }
+        let image_encode_s = encode_started.elapsed().as_secs_f64();
+        let upload_started = Instant::now();
+        let uris: Vec<String> = match &self.bucket {
+            Some(bucket) => {
+                let uploads = encoded.into_iter().enumerate().map(|(n, bytes)| {
+                    let key = crate::storage::image_key(&job.id, n, format.extension());
+                    async move { bucket.upload(&key, bytes, format.mime()).await }
+                });
+                futures::future::try_join_all(uploads)
+                    .await
+                    .map_err(|e| JobError::from_error("upload_error", e))?
+            }
+            None => {
+                let uris: Vec<String> = encoded
+                    .iter()
+                    .map(|b| crate::image::data_uri(b, format))
+                    .collect();
+                let inline_bytes: usize = uris.iter().map(String::len).sum();
+                if inline_bytes > MAX_INLINE_RESULT_BYTES {
+                    return Err(JobError::new(
+                        "result_too_large",
+                        format!(
+                            "the images are {inline_bytes} bytes as base64, over RunPod's ~20 MB \
+                             result limit: ask for fewer images, use output_format jpeg, or set \
+                             BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and \
+                             BUCKET_SECRET_ACCESS_KEY to upload images to object storage"
+                        ),
+                    ));
+                }
+                uris
+            }
+        };
+        let upload_s = upload_started.elapsed().as_secs_f64();
         let t = &output.timings;
         let value = json!({
             "images": uris,
@@ -273,7 +298,8 @@ impl Handler for SdxlHandler {
                     "unet_steps": t.unet_steps,
                     "vae_decode_s": t.decode_s,
                     "vae_f32_retry": t.vae_f32_retry,
-                    "image_encode_s": encode_started.elapsed().as_secs_f64(),
+                    "image_encode_s": image_encode_s,
+                    "upload_s": upload_s,
                     "total_s": started.elapsed().as_secs_f64(),
                 },
                 "version": VERSION,
@@ -287,6 +313,7 @@ impl Handler for SdxlHandler {
 pub async fn build(
     models: ResolvedModels,
     args: &EngineArgs,
+    bucket: Option<Arc<crate::storage::Bucket>>,
 ) -> Result<Arc<SdxlHandler>, LoadError> {
-    SdxlHandler::load(models, args).await.map(Arc::new)
+    SdxlHandler::load(models, args, bucket).await.map(Arc::new)
 }
