@@ -136,7 +136,7 @@ pub(crate) fn group_norm(
     channels: usize,
     eps: f64,
 ) -> Result<candle_nn::GroupNorm, ModelError> {
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(ModelError::Unsupported(format!(
             "`{}`: {channels} channels are not divisible into {groups} groups",
             full_name(vb, name)

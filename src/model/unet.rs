@@ -206,7 +206,7 @@ impl UNetConfig {
                          unlike the other blocks"
                     )));
                 }
-                if channels % HEAD_DIM != 0 {
+                if !channels.is_multiple_of(HEAD_DIM) {
                     return Err(ModelError::Unsupported(format!(
                         "`{at}` has {channels} channels, not a multiple of the head dim {HEAD_DIM}"
                     )));

@@ -110,7 +110,7 @@ pub(crate) struct GroupNorm {
 
 impl GroupNorm {
     pub(crate) fn new(vb: &VarBuilder, channels: usize, eps: f64) -> Result<Self, ModelError> {
-        if channels % NORM_GROUPS != 0 {
+        if !channels.is_multiple_of(NORM_GROUPS) {
             return Err(ModelError::Unsupported(format!(
                 "`{}` normalises {channels} channels, not a multiple of {NORM_GROUPS} groups",
                 full_name(vb, "weight")

@@ -146,7 +146,7 @@ impl TorchRng {
             box_muller_16(&mut data[i..i + BLOCK]);
             i += BLOCK;
         }
-        if n % BLOCK != 0 {
+        if !n.is_multiple_of(BLOCK) {
             let tail = &mut data[n - BLOCK..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
