@@ -221,6 +221,18 @@ pub fn unet_ldm_to_diffusers(k: &str, l: usize) -> Option<String> {
     if let Some(f) = fixed {
         return Some(f.to_string());
     }
+    if let Some(r) = k.strip_prefix("middle_block.") {
+        let (j, rest) = r.split_once('.')?;
+        return match j.parse::<usize>().ok()? {
+            j @ (0 | 2) => Some(format!(
+                "mid_block.resnets.{}.{}",
+                j / 2,
+                resnet_part(rest)?
+            )),
+            1 => Some(format!("mid_block.attentions.0.{rest}")),
+            _ => None,
+        };
+    }
     let mut parts = k.splitn(4, '.');
     let block = parts.next()?;
     let i: usize = parts.next()?.parse().ok()?;
@@ -244,15 +256,6 @@ pub fn unet_ldm_to_diffusers(k: &str, l: usize) -> Option<String> {
                 _ => None,
             }
         }
-        "middle_block" => match j {
-            0 | 2 => Some(format!(
-                "mid_block.resnets.{}.{}",
-                j / 2,
-                resnet_part(rest)?
-            )),
-            1 => Some(format!("mid_block.attentions.0.{rest}")),
-            _ => None,
-        },
         "output_blocks" => {
             let (b, li) = (i / (l + 1), i % (l + 1));
             match j {

@@ -104,7 +104,7 @@ mod tests {
     fn tags_are_removed_and_parsed() {
         let (p, l) =
             extract_prompt_loras("a cat <lora:style:0.8>, <LoRA:detail> 1 < 2 <b>").unwrap();
-        assert_eq!(p, "a cat , 1 < 2 <b>");
+        assert_eq!(p, "a cat ,  1 < 2 <b>");
         assert_eq!(
             l,
             vec![
