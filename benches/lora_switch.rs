@@ -54,8 +54,8 @@ fn lora_modules(layout: &[Entry]) -> Vec<(String, usize, usize)> {
         }
         let (o, i) = (e.shape[0], e.shape[1]);
         if let Some(k) = m.strip_prefix("model.diffusion_model.") {
-            let attn = k.contains(".transformer_blocks.")
-                && (k.contains(".attn") || k.contains(".ff."));
+            let attn =
+                k.contains(".transformer_blocks.") && (k.contains(".attn") || k.contains(".ff."));
             let proj = k.ends_with(".proj_in") || k.ends_with(".proj_out");
             if attn || proj {
                 out.push((format!("lora_unet_{}", k.replace('.', "_")), o, i));
@@ -64,7 +64,9 @@ fn lora_modules(layout: &[Entry]) -> Vec<(String, usize, usize)> {
             if h.contains(".self_attn.") || h.contains(".mlp.") {
                 out.push((format!("lora_te1_{}", h.replace('.', "_")), o, i));
             }
-        } else if let Some(r) = m.strip_prefix("conditioner.embedders.1.model.transformer.resblocks.") {
+        } else if let Some(r) =
+            m.strip_prefix("conditioner.embedders.1.model.transformer.resblocks.")
+        {
             let (n, part) = r.split_once('.').unwrap_or((r, ""));
             let hf: &[&str] = match part {
                 "attn.out_proj" => &["self_attn_out_proj"],
@@ -86,7 +88,11 @@ fn lora_modules(layout: &[Entry]) -> Vec<(String, usize, usize)> {
         {
             let w = e.shape[1];
             for p in ["q_proj", "k_proj", "v_proj"] {
-                out.push((format!("lora_te2_text_model_encoder_layers_{r}_self_attn_{p}"), w, w));
+                out.push((
+                    format!("lora_te2_text_model_encoder_layers_{r}_self_attn_{p}"),
+                    w,
+                    w,
+                ));
             }
         }
     }
@@ -117,7 +123,10 @@ fn write_lora(path: &Path, modules: &[(String, usize, usize)], rank: usize, seed
     write_safetensors(
         path,
         &entries,
-        &[("ss_network_dim", &rank.to_string()), ("ss_base_model_version", "sdxl_base_v1-0")],
+        &[
+            ("ss_network_dim", &rank.to_string()),
+            ("ss_base_model_version", "sdxl_base_v1-0"),
+        ],
         |e, buf| {
             if e.name.ends_with(".alpha") {
                 buf.copy_from_slice(&half::f16::from_f32(rank as f32 / 2.0).to_le_bytes());
@@ -130,7 +139,10 @@ fn write_lora(path: &Path, modules: &[(String, usize, usize)], rank: usize, seed
 }
 
 fn main() {
-    let dir = PathBuf::from(env("LORA_BENCH_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/target/lora-bench")));
+    let dir = PathBuf::from(env(
+        "LORA_BENCH_DIR",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/lora-bench"),
+    ));
     let dims_name = env("LORA_BENCH_DIMS", "full");
     let dims = match dims_name.as_str() {
         "mini" => SdxlDims::mini_m(),
@@ -151,7 +163,11 @@ fn main() {
         let tmp = ckpt_path.with_extension("part");
         write_safetensors(&tmp, &layout, &[], fill_random(7)).expect("write checkpoint");
         std::fs::rename(&tmp, &ckpt_path).expect("rename");
-        println!("wrote {} in {:.1} s", ckpt_path.display(), t.elapsed().as_secs_f64());
+        println!(
+            "wrote {} in {:.1} s",
+            ckpt_path.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
     let modules = lora_modules(&layout);
     let mut entries = Vec::new();
@@ -205,12 +221,28 @@ fn main() {
     );
 
     let a = [
-        ActiveLora { index: 0, unet_weight: 0.8, clip_weight: 0.8 },
-        ActiveLora { index: 1, unet_weight: 0.6, clip_weight: 0.6 },
+        ActiveLora {
+            index: 0,
+            unet_weight: 0.8,
+            clip_weight: 0.8,
+        },
+        ActiveLora {
+            index: 1,
+            unet_weight: 0.6,
+            clip_weight: 0.6,
+        },
     ];
     let b = [
-        ActiveLora { index: 2, unet_weight: 1.0, clip_weight: 1.0 },
-        ActiveLora { index: 3, unet_weight: 0.5, clip_weight: 0.5 },
+        ActiveLora {
+            index: 2,
+            unet_weight: 1.0,
+            clip_weight: 1.0,
+        },
+        ActiveLora {
+            index: 3,
+            unet_weight: 0.5,
+            clip_weight: 0.5,
+        },
     ];
     let mut state = LoraState::new();
     let (hwm_before, _) = rss_mib();
@@ -229,7 +261,11 @@ fn main() {
     run("none -> A", &a);
     let mut times = Vec::new();
     for i in 0..switches {
-        times.push(if i % 2 == 0 { run("A -> B", &b) } else { run("B -> A", &a) });
+        times.push(if i % 2 == 0 {
+            run("A -> B", &b)
+        } else {
+            run("B -> A", &a)
+        });
     }
     run("-> none", &[]);
     times.sort_by(|x, y| x.total_cmp(y));

@@ -427,3 +427,66 @@ fn unknown_lora_names_list_the_available_ones() {
         .resolve(&[("fp16".into(), Some(f64::NAN), None)])
         .is_err());
 }
+
+/// The pipeline-facing runtime: prompt tags and the request list resolve into one set, the
+/// tags leave the prompt, models built from its `VarBuilder` see the merged weights, and the
+/// same set twice changes nothing.
+#[test]
+fn runtime_prepares_request_and_prompt_tags() {
+    use sdxl_worker::lora::LoraRuntime;
+    let ckpt = checkpoint();
+    let lib = library(&ckpt);
+    let mut rt = LoraRuntime::new(lib, ckpt.var_builder(DType::F32, &Device::Cpu));
+    let key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
+    let vb = rt.var_builder(DType::F32, &Device::Cpu);
+    let original = f32s(&vb.get((64, 64), key).unwrap());
+
+    let p = rt
+        .prepare(
+            &[("fp32".into(), Some(0.5), None)],
+            "a cat <lora:fp16:0.8>, sitting",
+        )
+        .unwrap();
+    assert_eq!(p.prompt, "a cat , sitting");
+    assert_eq!(
+        p.active,
+        vec![
+            ("fp16".to_string(), 0.8, 0.8),
+            ("fp32".to_string(), 0.5, 0.5)
+        ]
+    );
+    assert!(p.changed);
+    let merged = f32s(
+        &rt.var_builder(DType::F32, &Device::Cpu)
+            .get((64, 64), key)
+            .unwrap(),
+    );
+    assert_ne!(merged, original);
+
+    // The request list overrides a tag of the same LoRA.
+    let p = rt
+        .prepare(
+            &[
+                ("fp16".into(), Some(0.8), None),
+                ("fp32".into(), Some(0.5), None),
+            ],
+            "<lora:fp16:0.1>x",
+        )
+        .unwrap();
+    assert!(!p.changed, "same set as before");
+    assert_eq!(p.prompt, "x");
+
+    let e = rt.prepare(&[], "<lora:missing:1>").unwrap_err();
+    assert!(e.to_string().contains("unknown LoRA `missing`"), "{e}");
+    let e = rt.prepare(&[], "<lora:fp16:lots>").unwrap_err();
+    assert_eq!(e.error_type(), "invalid_input");
+
+    let p = rt.prepare(&[], "plain").unwrap();
+    assert!(p.changed);
+    let back = f32s(
+        &rt.var_builder(DType::F32, &Device::Cpu)
+            .get((64, 64), key)
+            .unwrap(),
+    );
+    assert_eq!(back, original);
+}

@@ -15,6 +15,7 @@ pub mod library;
 pub mod math;
 pub mod names;
 pub mod prompt;
+pub mod runtime;
 pub mod state;
 pub mod store;
 
@@ -23,6 +24,7 @@ pub use library::{
 };
 pub use names::{Component, NameIndex, Target};
 pub use prompt::{extract_prompt_loras, PromptLora, PromptTagError};
+pub use runtime::{LoraRuntime, Prepared, RequestedLora};
 pub use state::{LoraState, SwitchStats};
 pub use store::WeightStore;
 
@@ -64,6 +66,9 @@ pub enum LoraError {
         #[source]
         source: candle_core::Error,
     },
+    /// A malformed `<lora:…>` prompt tag.
+    #[error("{0}")]
+    Prompt(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -72,7 +77,7 @@ impl LoraError {
     /// A stable machine-readable category for job error responses.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Self::UnknownName { .. } | Self::BadWeight { .. } => "invalid_input",
+            Self::UnknownName { .. } | Self::BadWeight { .. } | Self::Prompt(_) => "invalid_input",
             Self::Weights(_)
             | Self::Format { .. }
             | Self::WrongArchitecture { .. }
