@@ -25,4 +25,7 @@ pub struct Config {
 pub enum Command {
     /// Run the worker (the default when no subcommand is given).
     Serve,
+    /// Measure load time, per-step and VAE time and peak memory for a checkpoint (or
+    /// synthetic full-size weights) and print them as JSON.
+    Bench(crate::pipeline::bench::BenchArgs),
 }

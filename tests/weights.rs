@@ -363,3 +363,101 @@ fn ema_and_unknown_keys_are_ignored() {
         Family::SdxlBase
     );
 }
+
+fn load_error(path: &Path) -> String {
+    use sdxl_worker::pipeline::{PipelineConfig, SdxlPipeline};
+    match SdxlPipeline::load(&PipelineConfig::cpu_f32(path)) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_tensor_is_named_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for victim in [
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight",
+        "model.diffusion_model.output_blocks.2.2.conv.weight",
+        "conditioner.embedders.1.model.text_projection",
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.1.mlp.fc2.bias",
+        "first_stage_model.decoder.up.2.block.0.nin_shortcut.weight",
+    ] {
+        let p = dir.path().join("missing.safetensors");
+        rewrite(&p, |e| e.retain(|e| e.name != victim));
+        eprintln!("removed {victim}");
+        let msg = load_error(&p);
+        assert!(msg.contains("missing.safetensors"), "{msg}");
+        // The message names the tensor, or (when the structure is read from the tensor's
+        // presence, like an upsampler) the structural inconsistency it causes.
+        let module = victim.rsplit_once('.').map(|(a, _)| a).unwrap();
+        let leaf = module.rsplit('.').next().unwrap();
+        assert!(
+            msg.contains(leaf) || msg.contains("unsupported model structure"),
+            "{victim}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn reshaped_tensor_is_named_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (victim, shape) in [
+        // Same byte size, different shape: only the model code can notice.
+        (
+            "model.diffusion_model.input_blocks.4.1.proj_in.weight",
+            vec![32, 128],
+        ),
+        ("conditioner.embedders.1.model.text_projection", vec![96, 128]),
+        (
+            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+            vec![16, 256],
+        ),
+        (
+            "first_stage_model.decoder.up.1.block.1.conv1.weight",
+            vec![64, 16, 3, 3],
+        ),
+        ("model.diffusion_model.label_emb.0.0.weight", vec![64, 3264]),
+    ] {
+        let p = dir.path().join("reshaped.safetensors");
+        rewrite(&p, |e| {
+            for e in e.iter_mut().filter(|e| e.name == victim) {
+                e.shape = shape.clone();
+            }
+        });
+        let msg = load_error(&p);
+        eprintln!("{victim}: {msg}");
+        assert!(msg.contains("reshaped.safetensors"), "{victim}: {msg}");
+        let leaf = victim.rsplit('.').nth(1).unwrap();
+        assert!(msg.contains(leaf), "{victim}: {msg}");
+    }
+}
+
+#[test]
+fn refiner_and_inpaint_are_refused_for_txt2img_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("inpaint.safetensors");
+    rewrite(&p, |entries| {
+        for e in entries.iter_mut() {
+            if e.name == "model.diffusion_model.input_blocks.0.0.weight" {
+                e.shape = vec![32, 9, 3, 3];
+            }
+        }
+    });
+    let msg = load_error(&p);
+    assert!(
+        msg.contains("SDXL inpainting") && msg.contains("inpaint.safetensors"),
+        "{msg}"
+    );
+
+    let p = dir.path().join("refiner.safetensors");
+    rewrite(&p, |entries| {
+        entries.retain(|e| !e.name.starts_with("conditioner.embedders.0."));
+        for e in entries.iter_mut() {
+            if let Some(rest) = e.name.strip_prefix("conditioner.embedders.1.") {
+                e.name = format!("conditioner.embedders.0.{rest}");
+            }
+        }
+    });
+    let msg = load_error(&p);
+    assert!(msg.contains("SDXL refiner"), "{msg}");
+}

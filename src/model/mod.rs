@@ -83,4 +83,5 @@ mod tests {
 }
 
 mod common_te_vae;
+pub mod unet_blocks;
 pub mod vae_names;

@@ -1,1 +1,47 @@
-//! sampling
+//! Noise, noise schedules and samplers, matching diffusers' schedulers step for step.
+//!
+//! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
+//! * [`schedule`]: betas, ᾱ, σ and the spaced timesteps / Karras σs of a scheduler config.
+//! * [`sampler`]: Euler, Euler a, DPM++ 2M and DDIM steps on candle tensors.
+
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
+
+pub use rng::{randn_batch, TorchRng};
+pub use sampler::{Sampler, SamplerKind};
+pub use schedule::{PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing};
+
+/// Errors of the sampling module. Names given by users (sampler, schedule, spacing) come back
+/// with the list of allowed values.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplingError {
+    /// A name that is not one of the supported values.
+    #[error("unknown {field} `{value}`; allowed: {allowed}")]
+    UnknownName {
+        field: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    /// A combination the reference implementation does not offer either.
+    #[error("unsupported combination: {0}")]
+    Unsupported(String),
+    /// A scheduler config value out of range.
+    #[error("invalid scheduler config: {0}")]
+    InvalidConfig(String),
+    /// A step count outside 1..=num_train_timesteps.
+    #[error("steps must be between 1 and {max}, got {steps}")]
+    InvalidSteps { steps: usize, max: usize },
+    /// `step` called with an index past the schedule, or out of order for a multistep sampler.
+    #[error("sampler step {got} out of order (expected {expected}, schedule has {steps} steps)")]
+    StepOutOfOrder {
+        got: usize,
+        expected: usize,
+        steps: usize,
+    },
+    /// The number of generators does not match the batch of latents.
+    #[error("{got} random generators for a batch of {batch} latents (need one per image)")]
+    GeneratorCount { got: usize, batch: usize },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

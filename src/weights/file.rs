@@ -282,6 +282,28 @@ impl Checkpoint {
         Ok(Tensor::from_raw_buffer(bytes, dtype, &info.shape, device)?)
     }
 
+    /// Tells the kernel the pages of tensor `name` are no longer needed by this process.
+    /// Called once a tensor has been copied onto its device: without it every byte read
+    /// stays resident (file-backed) until the map is dropped, which doubles the peak RSS of
+    /// a CPU load (mapped f16 pages + the f32 copies).
+    pub fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(info) = self.info(name) {
+            let (start, len) = (self.data_start + info.start, info.end - info.start);
+            if len > 0 {
+                // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED only drops
+                // its resident pages; any later read faults them in again from the file with
+                // the same content, so no reference into the map can observe a change.
+                let _ = unsafe {
+                    self.mmap
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// A `VarBuilder` over the whole file (full tensor names) that loads each requested
     /// tensor from the map onto `device`, converting it to `dtype` there. Shapes requested by
     /// model code are checked against the header before any data is read.
@@ -465,6 +487,7 @@ impl MmapBackend {
             .ckpt
             .load(name, dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        self.ckpt.release(name);
         t.to_dtype(dtype)
     }
 }

@@ -7,6 +7,7 @@
 pub mod detect;
 pub mod file;
 pub mod layout;
+pub mod synthetic;
 
 pub use detect::{detect, Architecture, Family, Prediction};
 pub use file::{Checkpoint, StDtype, TensorInfo};

@@ -1,0 +1,700 @@
+//! The loaded SDXL models and text-to-image generation, step for step as diffusers'
+//! `StableDiffusionXLPipeline` (fixtures README, "What a reference case does").
+
+use super::{device_name, dtype_name, DTypeArg, DeviceSpec, EngineArgs};
+use crate::model::clip::{ClipKind, ClipTextConfig, ClipTextModel, SDXL_LAYERS_FROM_END};
+use crate::model::unet::{time_ids_embedding, UNet, UNetConfig, TIME_ID_DIM};
+use crate::model::vae::{Vae, VaeConfig};
+use crate::model::vae_names::vae_name_map;
+use crate::model::ModelError;
+use crate::model::ShapeMap;
+use crate::prompt::ClipTokenizers;
+use crate::sampling::{self, Sampler, SamplerKind, ScheduleConfig, SigmaSchedule, TorchRng};
+use crate::weights::layout::{sdxl_layout, SdxlDims};
+use crate::weights::{
+    detect, synthetic, Architecture, Checkpoint, Family, Prediction, StDtype, WeightsError,
+};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const UNET_PREFIX: &str = "model.diffusion_model";
+const TE1_PREFIX: &str = "conditioner.embedders.0.transformer";
+const TE2_PREFIX: &str = "conditioner.embedders.1.model";
+const VAE_PREFIX: &str = "first_stage_model";
+
+/// Largest image side we accept, in pixels.
+pub const MAX_SIDE: u32 = 4096;
+/// Most sampler steps per image.
+pub const MAX_STEPS: u32 = 500;
+/// Most images per request.
+pub const MAX_IMAGES: u32 = 16;
+
+/// Errors of loading or running the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("`{path}`: {source}")]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    /// The checkpoint is a recognised SDXL variant that cannot do text-to-image.
+    #[error(
+        "`{path}` is an {family} checkpoint; text-to-image needs an SDXL base-family checkpoint"
+    )]
+    UnsupportedVariant { path: PathBuf, family: &'static str },
+    /// Bad engine configuration (device, dtype).
+    #[error("{0}")]
+    Config(String),
+    /// A request field out of range; the message names the field and the allowed values.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("generation was cancelled")]
+    Cancelled,
+    #[error("tokenizer: {0}")]
+    Prompt(String),
+    #[error("sampler: {0}")]
+    Sampling(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("model computation failed: {0}")]
+    Compute(#[from] ModelError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl PipelineError {
+    /// A stable machine-readable category for job error responses.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Weights(_) | Self::Model { .. } | Self::UnsupportedVariant { .. } => {
+                "model_load_error"
+            }
+            Self::Config(_) => "config_error",
+            Self::InvalidRequest(_) => "invalid_input",
+            Self::Cancelled => "cancelled",
+            Self::Prompt(_) => "invalid_prompt",
+            Self::Sampling(_) | Self::Candle(_) | Self::Compute(_) | Self::Internal(_) => {
+                "generation_error"
+            }
+        }
+    }
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone)]
+pub enum WeightsSource {
+    /// A single-file SDXL checkpoint (`.safetensors`).
+    File(PathBuf),
+    /// Random weights in the layout given by these dimensions, made on the device (bench).
+    Synthetic(SdxlDims),
+}
+
+/// How to load the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub source: WeightsSource,
+    /// A separate VAE file (LDM or diffusers layout, e.g. an fp16-fixed SDXL VAE) that
+    /// replaces the checkpoint's own.
+    pub vae: Option<PathBuf>,
+    pub device: DeviceSpec,
+    pub dtype: DTypeArg,
+    pub vae_dtype: DTypeArg,
+}
+
+impl PipelineConfig {
+    /// A checkpoint file with the engine flags (`--device`, `--dtype`, `--vae-dtype`).
+    pub fn new(checkpoint: impl Into<PathBuf>, args: &EngineArgs) -> Result<Self, PipelineError> {
+        Ok(Self {
+            source: WeightsSource::File(checkpoint.into()),
+            vae: None,
+            device: args.device.parse()?,
+            dtype: args.dtype,
+            vae_dtype: args.vae_dtype,
+        })
+    }
+
+    /// CPU, f32 everywhere: the configuration the parity tests use.
+    pub fn cpu_f32(checkpoint: impl Into<PathBuf>) -> Self {
+        Self {
+            source: WeightsSource::File(checkpoint.into()),
+            vae: None,
+            device: DeviceSpec::Cpu,
+            dtype: DTypeArg::F32,
+            vae_dtype: DTypeArg::F32,
+        }
+    }
+}
+
+/// A loaded header plus a way to make `VarBuilder`s over its weights.
+enum Source {
+    File(Arc<Checkpoint>),
+    Synthetic(Arc<ShapeMap>),
+}
+
+impl Source {
+    fn shapes(&self) -> &ShapeMap {
+        match self {
+            Self::File(c) => c.shapes(),
+            Self::Synthetic(s) => s,
+        }
+    }
+    fn vb(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        match self {
+            Self::File(c) => c.var_builder(dtype, device),
+            Self::Synthetic(s) => synthetic::var_builder(Arc::clone(s), dtype, device),
+        }
+    }
+}
+
+/// What was loaded, for logs and the worker's status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadInfo {
+    pub checkpoint: PathBuf,
+    /// e.g. "SDXL base" or "SDXL base (v-prediction, zero terminal SNR)".
+    pub architecture: String,
+    pub v_prediction: bool,
+    pub zero_terminal_snr: bool,
+    pub device: String,
+    pub dtype: &'static str,
+    pub vae_dtype: &'static str,
+    pub load_seconds: f64,
+}
+
+/// One text-to-image request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// `None`: no negative prompt, the unconditional branch gets zero embeddings (diffusers'
+    /// `force_zeros_for_empty_prompt` for SDXL). `Some("")` encodes the empty string, which
+    /// is a different image.
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    /// Classifier-free guidance scale; ≤ 1 disables CFG (one UNet pass per step).
+    pub guidance: f32,
+    pub sampler: SamplerKind,
+    /// σ schedule (`Karras` for "DPM++ 2M Karras"; Euler a and DDIM take `Default` only).
+    pub schedule: SigmaSchedule,
+    /// Image `i` uses seed `seed + i` (its own generator), as A1111 does.
+    pub seed: u64,
+    pub num_images: u32,
+}
+
+impl GenerateRequest {
+    /// Checks every field against what the pipeline supports.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        let bad = |m: String| Err(PipelineError::InvalidRequest(m));
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if !(64..=MAX_SIDE).contains(&v) || v % 8 != 0 {
+                return bad(format!(
+                    "{name} {v} is not allowed: use a multiple of 8 from 64 to {MAX_SIDE}"
+                ));
+            }
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return bad(format!(
+                "steps {} is not allowed: use 1 to {MAX_STEPS}",
+                self.steps
+            ));
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 || self.guidance > 100.0 {
+            return bad(format!(
+                "guidance {} is not allowed: use a number from 0 to 100",
+                self.guidance
+            ));
+        }
+        if self.num_images == 0 || self.num_images > MAX_IMAGES {
+            return bad(format!(
+                "num_images {} is not allowed: use 1 to {MAX_IMAGES}",
+                self.num_images
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this request runs classifier-free guidance (diffusers: `guidance_scale > 1`).
+    pub fn cfg(&self) -> bool {
+        self.guidance > 1.0
+    }
+}
+
+/// Per-step progress, reported after each sampler step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub step: u32,
+    pub steps: u32,
+}
+
+/// Wall-clock seconds of each stage of one request.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub encode_s: f64,
+    pub denoise_s: f64,
+    /// UNet evaluations (steps; a CFG step is one batched call).
+    pub unet_steps: u32,
+    pub decode_s: f64,
+    /// Whether any image had to be decoded again in f32 after a half-precision NaN.
+    pub vae_f32_retry: bool,
+    pub total_s: f64,
+}
+
+/// Images and diagnostics of one request.
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    pub images: Vec<RgbImage>,
+    /// The seed of each image.
+    pub seeds: Vec<u64>,
+    /// Final latents `[N, C, h, w]` f32 on the CPU (before `/ scaling_factor`).
+    pub latents: Tensor,
+    /// Decoded images before 8-bit conversion `[N, 3, H, W]` f32 on the CPU.
+    pub image_float: Tensor,
+    pub timings: Timings,
+}
+
+/// Text conditioning of one request, exactly the tensors diffusers hands to the UNet.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// `[1, 77, te1 + te2 width]`.
+    pub prompt_embeds: Tensor,
+    /// `[1, te2 projection]`.
+    pub pooled: Tensor,
+    /// Present when CFG runs: zeros for a `None` negative prompt.
+    pub negative_prompt_embeds: Option<Tensor>,
+    pub negative_pooled: Option<Tensor>,
+    /// `[1, 6]`: original (h, w), crop (0, 0), target (h, w).
+    pub time_ids: Tensor,
+}
+
+/// The loaded SDXL models on one device.
+pub struct SdxlPipeline {
+    tokenizers: ClipTokenizers,
+    te1: ClipTextModel,
+    te2: ClipTextModel,
+    unet: UNet,
+    vae: Vae,
+    /// An f32 copy of the VAE when `vae` is half precision, for the NaN retry.
+    vae_f32: Option<Vae>,
+    arch: Architecture,
+    device: Device,
+    info: LoadInfo,
+}
+
+/// Loads a separate VAE file (LDM or diffusers names, any prefix) in `dtype`, plus an f32
+/// copy for the NaN retry when `dtype` is half precision.
+fn load_vae_file(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Vae, Option<Vae>), PipelineError> {
+    let file = Checkpoint::open(path)?;
+    let model_err = |source: ModelError| PipelineError::Model {
+        path: path.to_path_buf(),
+        source,
+    };
+    let names = vae_name_map(file.shapes()).map_err(model_err)?;
+    let vae_cfg = VaeConfig::infer(&names.ldm_shapes(file.shapes()), "").map_err(model_err)?;
+    let load = |dt: DType| Vae::load(names.ldm_view(file.var_builder(dt, device)), &vae_cfg);
+    let vae = load(dtype).map_err(model_err)?;
+    let vae_f32 = if dtype == DType::F32 {
+        None
+    } else {
+        Some(load(DType::F32).map_err(model_err)?)
+    };
+    Ok((vae, vae_f32))
+}
+
+/// The text encoders must produce what the UNet consumes: context width te1 + te2, and
+/// `label_emb` input = te2 projection + 6 time ids × 256. Checked at load so that a file with
+/// a missing `text_projection` or mismatched encoders fails now, naming the tensors, instead
+/// of on the first job.
+fn check_conditioning_widths(
+    path: &Path,
+    te1: &ClipTextConfig,
+    te2: &ClipTextConfig,
+    unet: &UNetConfig,
+) -> Result<(), PipelineError> {
+    let err = |msg: String| PipelineError::Model {
+        path: path.to_path_buf(),
+        source: ModelError::Unsupported(msg),
+    };
+    let Some(proj) = te2.projection_dim else {
+        return Err(err(format!(
+            "missing tensor `{TE2_PREFIX}.text_projection` (SDXL's pooled text embedding)"
+        )));
+    };
+    if te1.width + te2.width != unet.context_dim {
+        return Err(err(format!(
+            "the text encoders are {} + {} wide but the UNet's cross-attention expects {} (`{UNET_PREFIX}.*.attn2.to_k.weight`)",
+            te1.width, te2.width, unet.context_dim
+        )));
+    }
+    let adm = proj + 6 * TIME_ID_DIM;
+    if adm != unet.adm_in_channels {
+        return Err(err(format!(
+            "`{UNET_PREFIX}.label_emb.0.0.weight` takes {} inputs, expected {adm} (te2 projection {proj} + 6 × {TIME_ID_DIM} time ids)",
+            unet.adm_in_channels
+        )));
+    }
+    Ok(())
+}
+
+impl SdxlPipeline {
+    /// Opens, validates and classifies the checkpoint, then builds every model on the device.
+    /// The file is unmapped when this returns: weights live on the device only.
+    pub fn load(cfg: &PipelineConfig) -> Result<Self, PipelineError> {
+        let started = Instant::now();
+        let _span = tracing::info_span!("load", source = ?cfg.source).entered();
+        let device = cfg.device.open()?;
+        let dtype = cfg.dtype.model_dtype(&device);
+        let vae_dtype = cfg.vae_dtype.vae_dtype(&device);
+
+        let (source, path) = match &cfg.source {
+            WeightsSource::File(p) => (Source::File(Checkpoint::open(p)?), p.clone()),
+            WeightsSource::Synthetic(dims) => {
+                let shapes: ShapeMap = sdxl_layout(dims, StDtype::F16)
+                    .into_iter()
+                    .map(|e| (e.name, e.shape))
+                    .collect();
+                (
+                    Source::Synthetic(Arc::new(shapes)),
+                    PathBuf::from("<synthetic>"),
+                )
+            }
+        };
+        let arch = detect(&path, source.shapes())?;
+        if arch.family != Family::SdxlBase {
+            return Err(PipelineError::UnsupportedVariant {
+                path,
+                family: arch.family.name(),
+            });
+        }
+        let model_err = |source: ModelError| PipelineError::Model {
+            path: path.clone(),
+            source,
+        };
+        let shapes = source.shapes();
+        let te1_cfg =
+            ClipTextConfig::infer(shapes, TE1_PREFIX, ClipKind::OpenAiClip).map_err(model_err)?;
+        let te2_cfg =
+            ClipTextConfig::infer(shapes, TE2_PREFIX, ClipKind::OpenClip).map_err(model_err)?;
+        let unet_cfg = UNetConfig::infer(shapes, UNET_PREFIX).map_err(model_err)?;
+        check_conditioning_widths(&path, &te1_cfg, &te2_cfg, &unet_cfg)?;
+
+        let vb = source.vb(dtype, &device);
+        let t = Instant::now();
+        let te1 = ClipTextModel::load(vb.pp(TE1_PREFIX), &te1_cfg).map_err(model_err)?;
+        let te2 = ClipTextModel::load(vb.pp(TE2_PREFIX), &te2_cfg).map_err(model_err)?;
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), "text encoders loaded");
+        let t = Instant::now();
+        let unet = UNet::new(vb.pp(UNET_PREFIX), &unet_cfg).map_err(model_err)?;
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), "UNet loaded");
+        let t = Instant::now();
+        let (vae, vae_f32) = match &cfg.vae {
+            None => {
+                let vae_cfg = VaeConfig::infer(shapes, VAE_PREFIX).map_err(model_err)?;
+                let load = |dt: DType| Vae::load(source.vb(dt, &device).pp(VAE_PREFIX), &vae_cfg);
+                let vae = load(vae_dtype).map_err(model_err)?;
+                let vae_f32 = if vae_dtype == DType::F32 {
+                    None
+                } else {
+                    Some(load(DType::F32).map_err(model_err)?)
+                };
+                (vae, vae_f32)
+            }
+            Some(vae_path) => load_vae_file(vae_path, vae_dtype, &device)?,
+        };
+        tracing::info!(seconds = t.elapsed().as_secs_f64(), "VAE loaded");
+        let tokenizers =
+            ClipTokenizers::load().map_err(|e| PipelineError::Prompt(e.to_string()))?;
+
+        let info = LoadInfo {
+            checkpoint: path.clone(),
+            architecture: arch.to_string(),
+            v_prediction: arch.prediction == Prediction::V,
+            zero_terminal_snr: arch.zero_terminal_snr,
+            device: device_name(&device),
+            dtype: dtype_name(dtype),
+            vae_dtype: dtype_name(vae_dtype),
+            load_seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            architecture = %info.architecture,
+            device = %info.device,
+            dtype = info.dtype,
+            vae_dtype = info.vae_dtype,
+            seconds = info.load_seconds,
+            "checkpoint loaded"
+        );
+        Ok(Self {
+            tokenizers,
+            te1,
+            te2,
+            unet,
+            vae,
+            vae_f32,
+            arch,
+            device,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &LoadInfo {
+        &self.info
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The schedule configuration for this checkpoint (SDXL's, with the file's prediction
+    /// type and zero-terminal-SNR marker).
+    pub fn schedule_config(&self) -> ScheduleConfig {
+        match (self.arch.prediction, self.arch.zero_terminal_snr) {
+            (Prediction::Epsilon, _) => ScheduleConfig::sdxl(),
+            // Zero terminal SNR needs trailing spacing to start at σ = ∞-like t = 999.
+            (Prediction::V, true) => ScheduleConfig::sdxl_v_pred_ztsnr(),
+            (Prediction::V, false) => ScheduleConfig {
+                prediction_type: sampling::PredictionType::VPrediction,
+                ..ScheduleConfig::sdxl()
+            },
+        }
+    }
+
+    /// Encodes one text with both encoders: `(penultimate hidden states concatenated
+    /// [1, 77, C], te2 pooled projection [1, P])`, both f32.
+    fn encode_text(&self, text: &str) -> Result<(Tensor, Tensor), PipelineError> {
+        let ids = self
+            .tokenizers
+            .encode(text)
+            .map_err(|e| PipelineError::Prompt(e.to_string()))?;
+        let (ids1, ids2) = (ids.te1, ids.te2);
+        let (l1, l2) = (ids1.len(), ids2.len());
+        let ids1 = Tensor::from_vec(ids1, (1, l1), &self.device)?;
+        let ids2 = Tensor::from_vec(ids2, (1, l2), &self.device)?;
+        let h1 = self.te1.forward(&ids1, SDXL_LAYERS_FROM_END, false)?;
+        let h2 = self.te2.forward(&ids2, SDXL_LAYERS_FROM_END, true)?;
+        let pooled = h2
+            .pooled
+            .ok_or_else(|| PipelineError::Internal("te2 returned no pooled output".into()))?;
+        let embeds = Tensor::cat(
+            &[
+                h1.hidden.to_dtype(DType::F32)?,
+                h2.hidden.to_dtype(DType::F32)?,
+            ],
+            2,
+        )?;
+        Ok((embeds, pooled.to_dtype(DType::F32)?))
+    }
+
+    /// The conditioning diffusers builds for `req` (see [`GenerateRequest::negative_prompt`]).
+    pub fn encode(&self, req: &GenerateRequest) -> Result<Conditioning, PipelineError> {
+        let (prompt_embeds, pooled) = self.encode_text(&req.prompt)?;
+        let (negative_prompt_embeds, negative_pooled) = if !req.cfg() {
+            (None, None)
+        } else {
+            match &req.negative_prompt {
+                None => (
+                    Some(prompt_embeds.zeros_like()?),
+                    Some(pooled.zeros_like()?),
+                ),
+                Some(neg) => {
+                    let (e, p) = self.encode_text(neg)?;
+                    (Some(e), Some(p))
+                }
+            }
+        };
+        let (h, w) = (req.height as f32, req.width as f32);
+        let time_ids = Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?;
+        Ok(Conditioning {
+            prompt_embeds,
+            pooled,
+            negative_prompt_embeds,
+            negative_pooled,
+            time_ids,
+        })
+    }
+
+    /// Runs one request: encode, denoise each image from its own generator, decode.
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GenerateOutput, PipelineError> {
+        req.validate()?;
+        let started = Instant::now();
+        let mut timings = Timings::default();
+
+        let t = Instant::now();
+        let cond = {
+            let _s = tracing::debug_span!("encode").entered();
+            self.encode(req)?
+        };
+        timings.encode_s = t.elapsed().as_secs_f64();
+
+        let n = req.num_images as usize;
+        let seeds: Vec<u64> = (0..n as u64).map(|i| req.seed.wrapping_add(i)).collect();
+        let t = Instant::now();
+        let latents = {
+            let _s = tracing::debug_span!("denoise", steps = req.steps).entered();
+            self.denoise(req, &cond, &seeds, progress, cancelled, &mut timings)?
+        };
+        timings.denoise_s = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let image_float = {
+            let _s = tracing::debug_span!("decode").entered();
+            self.decode(&latents, &mut timings)?
+        };
+        let images = super::image::tensor_to_images(&image_float)?;
+        timings.decode_s = t.elapsed().as_secs_f64();
+        timings.total_s = started.elapsed().as_secs_f64();
+        tracing::info!(
+            encode_s = timings.encode_s,
+            denoise_s = timings.denoise_s,
+            decode_s = timings.decode_s,
+            total_s = timings.total_s,
+            "generated {n} image(s)"
+        );
+        Ok(GenerateOutput {
+            images,
+            seeds,
+            latents: latents.to_device(&Device::Cpu)?,
+            image_float: image_float.to_device(&Device::Cpu)?,
+            timings,
+        })
+    }
+
+    /// The sampler loop for all images at once. Each image has its own generator (seeded
+    /// `seed + i`): its initial noise is drawn first, then any sampler noise in order, so
+    /// image `i` equals a single-image run with its seed. Returns f32 latents `[N, C, h, w]`.
+    pub fn denoise(
+        &self,
+        req: &GenerateRequest,
+        cond: &Conditioning,
+        seeds: &[u64],
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+        timings: &mut Timings,
+    ) -> Result<Tensor, PipelineError> {
+        let n = seeds.len();
+        let ucfg = self.unet.config();
+        // Latents are the image size divided by the VAE's factor (8 for SDXL: one ×2 per
+        // level after the first).
+        let factor = 1usize << self.vae.config().block_out_channels.len().saturating_sub(1);
+        let (lh, lw) = (req.height as usize / factor, req.width as usize / factor);
+        let shape = [1, ucfg.in_channels, lh, lw];
+        let sampling_err = |e: sampling::SamplingError| PipelineError::Sampling(e.to_string());
+        let mut sampler = Sampler::new(
+            req.sampler,
+            req.schedule,
+            &self.schedule_config(),
+            req.steps as usize,
+        )
+        .map_err(sampling_err)?;
+
+        let mut rngs: Vec<TorchRng> = seeds.iter().map(|&s| TorchRng::new(s)).collect();
+        let init: Vec<Tensor> = rngs
+            .iter_mut()
+            .map(|r| r.randn_tensor(&shape, &self.device))
+            .collect::<candle_core::Result<_>>()?;
+        let mut x = sampler
+            .init_latents(&Tensor::cat(&init, 0)?)
+            .map_err(sampling_err)?;
+
+        // UNet inputs that do not change between steps: batch [uncond × n, cond × n].
+        let cfg = req.cfg();
+        let rep = |t: &Tensor| -> candle_core::Result<Tensor> { t.repeat(n) };
+        let (context, y) = {
+            let time_emb = time_ids_embedding(&cond.time_ids, TIME_ID_DIM)?;
+            let y_c = Tensor::cat(&[&cond.pooled, &time_emb], 1)?;
+            match (&cond.negative_prompt_embeds, &cond.negative_pooled) {
+                (Some(ne), Some(np)) if cfg => {
+                    let y_u = Tensor::cat(&[np, &time_emb], 1)?;
+                    (
+                        Tensor::cat(&[rep(ne)?, rep(&cond.prompt_embeds)?], 0)?,
+                        Tensor::cat(&[rep(&y_u)?, rep(&y_c)?], 0)?,
+                    )
+                }
+                _ => (rep(&cond.prompt_embeds)?, rep(&y_c)?),
+            }
+        };
+        let context = context
+            .to_dtype(self.unet.dtype())?
+            .to_device(&self.device)?;
+        let y = y.to_device(&self.device)?;
+
+        let steps = sampler.num_steps();
+        for i in 0..steps {
+            if cancelled() {
+                return Err(PipelineError::Cancelled);
+            }
+            let step_started = Instant::now();
+            let t = sampler.timesteps()[i];
+            let x_in = sampler.scale_model_input(&x, i).map_err(sampling_err)?;
+            let x_in = if cfg {
+                Tensor::cat(&[&x_in, &x_in], 0)?
+            } else {
+                x_in
+            };
+            let ts = Tensor::new(&[t as f32], &self.device)?;
+            let out = self
+                .unet
+                .forward(&x_in, &ts, &context, &y)?
+                .to_dtype(DType::F32)?;
+            let eps = if cfg {
+                let u = out.narrow(0, 0, n)?;
+                let c = out.narrow(0, n, n)?;
+                (&u + ((c - &u)? * req.guidance as f64)?)?
+            } else {
+                out
+            };
+            x = sampler.step(&eps, i, &x, &mut rngs).map_err(sampling_err)?;
+            timings.unet_steps += 1;
+            tracing::debug!(
+                step = i + 1,
+                steps,
+                seconds = step_started.elapsed().as_secs_f64(),
+                "sampler step"
+            );
+            progress(Progress {
+                step: i as u32 + 1,
+                steps: steps as u32,
+            });
+        }
+        Ok(x)
+    }
+
+    /// Decodes latents `[N, C, h, w]` into f32 images `[N, 3, H, W]`. A half-precision VAE
+    /// that produces NaN/inf is retried in f32 (the SDXL VAE overflows in f16).
+    pub fn decode(&self, latents: &Tensor, timings: &mut Timings) -> Result<Tensor, PipelineError> {
+        let z = (latents / self.vae.scaling_factor())?;
+        let out = self.vae.decode(&z)?;
+        if let Some(vae32) = &self.vae_f32 {
+            // Any NaN or inf makes the sum non-finite; |x| ≤ ~10 keeps a finite sum far from
+            // overflow.
+            let sum = out.sum_all()?.to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                tracing::warn!(
+                    "VAE produced non-finite values in {}; decoding again in f32",
+                    self.info.vae_dtype
+                );
+                timings.vae_f32_retry = true;
+                return Ok(vae32.decode(&z)?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,428 @@
+//! The discrete noise schedule of SD-family models (betas, ᾱ, σ) and the timestep / σ lists that
+//! diffusers' schedulers derive from it for a given number of steps.
+//!
+//! Every number here is computed with the same float widths and operation order as diffusers
+//! 0.42 on torch/numpy (float32 torch tensors, float64 numpy), because "same seed, same image"
+//! is judged against diffusers and a schedule off in the last bits shifts every step.
+
+use super::SamplingError;
+
+/// How the 1000 training betas are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetaSchedule {
+    /// `linspace(beta_start, beta_end)`.
+    Linear,
+    /// `linspace(sqrt(beta_start), sqrt(beta_end))²`: SD 1.x, 2.x and SDXL.
+    ScaledLinear,
+}
+
+/// Where the sampled timesteps fall in the training range (diffusers `timestep_spacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    /// `arange(N) * (1000 // N)`, reversed, `+ steps_offset`: the SDXL base config.
+    Leading,
+    /// `round(arange(1000, 0, -1000/N)) - 1`: what zero-terminal-SNR (v-pred) models want.
+    Trailing,
+    /// `linspace(0, 999, N)`, reversed.
+    Linspace,
+}
+
+impl TimestepSpacing {
+    /// Parses diffusers' names (`leading`, `trailing`, `linspace`).
+    pub fn parse(name: &str) -> Result<Self, SamplingError> {
+        match name {
+            "leading" => Ok(Self::Leading),
+            "trailing" => Ok(Self::Trailing),
+            "linspace" => Ok(Self::Linspace),
+            other => Err(SamplingError::UnknownName {
+                field: "timestep_spacing",
+                value: other.to_string(),
+                allowed: "leading, trailing, linspace",
+            }),
+        }
+    }
+}
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    /// The added noise ε (SDXL base and most Civitai checkpoints).
+    Epsilon,
+    /// `v = α·ε − σ_t·x0` (NoobAI v-pred and other `v_pred` checkpoints).
+    VPrediction,
+}
+
+/// σ list shape for a given step count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SigmaSchedule {
+    /// The training σs at the spaced timesteps.
+    #[default]
+    Default,
+    /// Karras et al. (ρ = 7) between the scheduler's σ_min and σ_max; timesteps from log-σ
+    /// interpolation into the training table.
+    Karras,
+}
+
+impl SigmaSchedule {
+    /// Parses `normal`/`default`/`""` or `karras`.
+    pub fn parse(name: &str) -> Result<Self, SamplingError> {
+        match name {
+            "" | "normal" | "default" => Ok(Self::Default),
+            "karras" => Ok(Self::Karras),
+            other => Err(SamplingError::UnknownName {
+                field: "schedule",
+                value: other.to_string(),
+                allowed: "normal, karras",
+            }),
+        }
+    }
+}
+
+/// A diffusers scheduler configuration (the fields that change the numbers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+    pub prediction_type: PredictionType,
+    /// diffusers `rescale_betas_zero_snr` (checkpoints marked `ztsnr`).
+    pub rescale_zero_terminal_snr: bool,
+}
+
+impl ScheduleConfig {
+    /// The SDXL base 1.0 scheduler config (`scheduler/scheduler_config.json`): scaled-linear
+    /// 0.00085–0.012, `leading`, `steps_offset` 1, ε-prediction.
+    pub fn sdxl() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            timestep_spacing: TimestepSpacing::Leading,
+            steps_offset: 1,
+            prediction_type: PredictionType::Epsilon,
+            rescale_zero_terminal_snr: false,
+        }
+    }
+
+    /// SDXL v-prediction with zero terminal SNR, as such checkpoints are usually run:
+    /// `trailing` spacing so that the first step starts at t = 999 (σ = 4096).
+    pub fn sdxl_v_pred_ztsnr() -> Self {
+        Self {
+            prediction_type: PredictionType::VPrediction,
+            rescale_zero_terminal_snr: true,
+            timestep_spacing: TimestepSpacing::Trailing,
+            ..Self::sdxl()
+        }
+    }
+
+    fn validate(&self) -> Result<(), SamplingError> {
+        if self.num_train_timesteps < 2 {
+            return Err(SamplingError::InvalidConfig(format!(
+                "num_train_timesteps must be at least 2, got {}",
+                self.num_train_timesteps
+            )));
+        }
+        if !(self.beta_start > 0.0 && self.beta_end > 0.0 && self.beta_end < 1.0) {
+            return Err(SamplingError::InvalidConfig(format!(
+                "beta_start/beta_end must be in (0, 1), got {} / {}",
+                self.beta_start, self.beta_end
+            )));
+        }
+        Ok(())
+    }
+
+    /// The training betas, float32 (`torch.linspace(..., dtype=float32)`, squared for
+    /// scaled-linear), zero-terminal-SNR rescaled when configured.
+    pub fn betas(&self) -> Result<Vec<f32>, SamplingError> {
+        self.validate()?;
+        let n = self.num_train_timesteps;
+        let betas = match self.beta_schedule {
+            BetaSchedule::Linear => torch_linspace_f32(self.beta_start, self.beta_end, n),
+            BetaSchedule::ScaledLinear => {
+                torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                    .into_iter()
+                    .map(|b| b * b)
+                    .collect()
+            }
+        };
+        Ok(if self.rescale_zero_terminal_snr {
+            rescale_zero_terminal_snr(&betas)
+        } else {
+            betas
+        })
+    }
+
+    /// ᾱ_t = cumprod(1 − β) as float32 tensors give it (torch accumulates the product in
+    /// double and rounds each entry). With zero terminal SNR the last entry is set to 2⁻²⁴,
+    /// as diffusers' Euler and DPM-Solver schedulers do, so σ_max is finite (4096).
+    pub fn alphas_cumprod(&self) -> Result<Vec<f32>, SamplingError> {
+        let mut out = alphas_cumprod_raw(&self.betas()?);
+        if self.rescale_zero_terminal_snr {
+            if let Some(last) = out.last_mut() {
+                *last = 2f32.powi(-24);
+            }
+        }
+        Ok(out)
+    }
+
+    /// ᾱ without the 2⁻²⁴ patch (diffusers' DDIM keeps ᾱ_999 = 0 under zero terminal SNR).
+    pub fn alphas_cumprod_unpatched(&self) -> Result<Vec<f32>, SamplingError> {
+        Ok(alphas_cumprod_raw(&self.betas()?))
+    }
+
+    /// Training σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), float32, ascending in t. IEEE sqrt: torch's CPU
+    /// result is off by one ulp for a few t (its vectorised sqrt is not always correctly
+    /// rounded), which moves the latents by ~1e-7 relative; not worth imitating.
+    pub fn train_sigmas(&self) -> Result<Vec<f32>, SamplingError> {
+        Ok(self
+            .alphas_cumprod()?
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt())
+            .collect())
+    }
+
+    /// Spaced timesteps for `steps` steps, descending, as float64 (diffusers computes them in
+    /// numpy; Euler casts to float32, DDIM to int64 — both exact for these integer values).
+    pub fn spaced_timesteps(&self, steps: usize) -> Result<Vec<f64>, SamplingError> {
+        self.validate()?;
+        check_steps(steps, self.num_train_timesteps)?;
+        let n_train = self.num_train_timesteps;
+        Ok(match self.timestep_spacing {
+            TimestepSpacing::Leading => {
+                let ratio = n_train / steps;
+                (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio + self.steps_offset) as f64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                let ratio = n_train as f64 / steps as f64;
+                numpy_arange_f64(n_train as f64, 0.0, -ratio)
+                    .into_iter()
+                    .map(|t| t.round_ties_even() - 1.0)
+                    .collect()
+            }
+            TimestepSpacing::Linspace => {
+                let mut t = numpy_linspace_f64(0.0, (n_train - 1) as f64, steps);
+                t.reverse();
+                t
+            }
+        })
+    }
+}
+
+/// Rejects step counts the schedulers cannot lay out.
+pub(crate) fn check_steps(steps: usize, n_train: usize) -> Result<(), SamplingError> {
+    if steps == 0 || steps > n_train {
+        return Err(SamplingError::InvalidSteps {
+            steps,
+            max: n_train,
+        });
+    }
+    Ok(())
+}
+
+/// `torch.linspace(start, end, n, dtype=float32)` on CPU: endpoints rounded to float32,
+/// float32 step, the first half counted up from `start` and the second half down from `end`.
+/// torch's x86-64 kernel is compiled with FMA contraction, so `start + step·i` is one fused
+/// operation.
+fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    let start = start as f32;
+    let end = end as f32;
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let halfway = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < halfway {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((n - i - 1) as f32, end)
+            }
+        })
+        .collect()
+}
+
+/// cumprod(1 − β) with torch's double accumulator, each entry rounded to float32.
+fn alphas_cumprod_raw(betas: &[f32]) -> Vec<f32> {
+    let mut acc = 1f64;
+    betas
+        .iter()
+        .map(|&b| {
+            acc *= (1.0 - b) as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// diffusers `rescale_zero_terminal_snr` (Lin et al. 2023, "Common Diffusion Noise Schedules
+/// and Sample Steps are Flawed"): shift and scale sqrt(ᾱ) so the last one is exactly 0 while
+/// the first is unchanged, then recover betas. float32 like the torch original.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let mut s: Vec<f32> = alphas_cumprod_raw(betas).iter().map(|a| a.sqrt()).collect();
+    let (Some(&s0), Some(&s_t)) = (s.first(), s.last()) else {
+        return betas.to_vec();
+    };
+    let scale = s0 / (s0 - s_t);
+    for v in s.iter_mut() {
+        *v -= s_t;
+        *v *= scale;
+    }
+    let bar: Vec<f32> = s.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(bar.len());
+    out.push(1.0 - bar[0]);
+    for i in 1..bar.len() {
+        out.push(1.0 - bar[i] / bar[i - 1]);
+    }
+    out
+}
+
+/// `np.arange(start, stop, step)` for float64: numpy fills `start + i·delta` where `delta` is
+/// recomputed as `(start + step) − start`.
+fn numpy_arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil();
+    if len.is_nan() || len <= 0.0 {
+        return Vec::new();
+    }
+    let len = len as usize;
+    let mut out = Vec::with_capacity(len);
+    out.push(start);
+    if len > 1 {
+        let second = start + step;
+        let delta = second - start;
+        out.push(second);
+        for i in 2..len {
+            out.push(start + i as f64 * delta);
+        }
+    }
+    out
+}
+
+/// `np.linspace(start, stop, n)` (float64, endpoint included).
+pub(crate) fn numpy_linspace_f64(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (stop - start) / (n - 1) as f64;
+            let mut out: Vec<f64> = (0..n).map(|i| i as f64 * step + start).collect();
+            out[n - 1] = stop;
+            out
+        }
+    }
+}
+
+/// `np.interp(x, arange(len(fp)), fp)` for `x` inside the table (float64).
+pub(crate) fn interp_table(x: f64, fp: &[f32]) -> f64 {
+    let last = fp.len() - 1;
+    if x <= 0.0 {
+        return fp[0] as f64;
+    }
+    if x >= last as f64 {
+        return fp[last] as f64;
+    }
+    let j = x.floor() as usize;
+    let (lo, hi) = (fp[j] as f64, fp[j + 1] as f64);
+    let slope = hi - lo; // xp[j+1] - xp[j] = 1
+    slope * (x - j as f64) + lo
+}
+
+/// diffusers `_convert_to_karras`: ρ = 7 between `sigma_min` and `sigma_max`, float64.
+pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let min_inv = sigma_min.powf(1.0 / RHO);
+    let max_inv = sigma_max.powf(1.0 / RHO);
+    numpy_linspace_f64(0.0, 1.0, steps)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(RHO))
+        .collect()
+}
+
+/// diffusers `_sigma_to_t`: the (fractional) training timestep whose log σ matches, by linear
+/// interpolation of `log_sigmas` (float32 logs of the training σs, ascending).
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    // Index of the last table entry not above log σ (0 if none), capped so `high` exists.
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l as f64 >= 0.0)
+        .unwrap_or(0)
+        .min(log_sigmas.len() - 2);
+    let low = log_sigmas[low_idx];
+    let high = log_sigmas[low_idx + 1];
+    // numpy: float64 numerator over a float32 difference.
+    let w = ((low as f64 - log_sigma) / (low - high) as f64).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values quoted in the spec (`formats.md` §4.1) for the SDXL betas.
+    #[test]
+    fn sdxl_sigma_range() {
+        let s = ScheduleConfig::sdxl().train_sigmas().unwrap();
+        assert!((s[0] - 0.0291672).abs() < 1e-6, "{}", s[0]);
+        assert!((s[999] - 14.614641).abs() < 1e-4, "{}", s[999]);
+    }
+
+    #[test]
+    fn ztsnr_terminal_sigma_is_4096() {
+        let s = ScheduleConfig::sdxl_v_pred_ztsnr().train_sigmas().unwrap();
+        assert!((s[999] - 4096.0).abs() < 1.0, "{}", s[999]);
+        // The rescale keeps the first ᾱ unchanged.
+        let plain = ScheduleConfig::sdxl().alphas_cumprod().unwrap();
+        let z = ScheduleConfig::sdxl_v_pred_ztsnr()
+            .alphas_cumprod()
+            .unwrap();
+        assert!((plain[0] - z[0]).abs() < 1e-6);
+    }
+
+    /// diffusers' trailing spacing for 3 steps is `[999, 666, 332]` (candle gets this wrong).
+    #[test]
+    fn trailing_spacing() {
+        let mut c = ScheduleConfig::sdxl();
+        c.timestep_spacing = TimestepSpacing::Trailing;
+        assert_eq!(c.spaced_timesteps(3).unwrap(), vec![999.0, 666.0, 332.0]);
+        assert_eq!(c.spaced_timesteps(30).unwrap()[..3], [999.0, 966.0, 932.0]);
+        c.timestep_spacing = TimestepSpacing::Leading;
+        assert_eq!(c.spaced_timesteps(30).unwrap()[..2], [958.0, 925.0]);
+    }
+
+    #[test]
+    fn zero_steps_rejected() {
+        assert!(ScheduleConfig::sdxl().spaced_timesteps(0).is_err());
+        assert!(ScheduleConfig::sdxl().spaced_timesteps(1001).is_err());
+    }
+
+    /// Linspace spacing gives fractional timesteps; σ is interpolated linearly in t.
+    #[test]
+    fn linspace_interpolates() {
+        let mut c = ScheduleConfig::sdxl();
+        c.timestep_spacing = TimestepSpacing::Linspace;
+        let t = c.spaced_timesteps(3).unwrap();
+        assert_eq!(t, vec![999.0, 499.5, 0.0]);
+        let s = c.train_sigmas().unwrap();
+        let mid = interp_table(499.5, &s);
+        assert!((mid - (s[499] as f64 + s[500] as f64) / 2.0).abs() < 1e-6);
+        assert_eq!(interp_table(999.0, &s), s[999] as f64);
+    }
+
+    /// `_sigma_to_t` inverts the table at its own entries.
+    #[test]
+    fn sigma_to_t_roundtrip() {
+        let s = ScheduleConfig::sdxl().train_sigmas().unwrap();
+        let logs: Vec<f32> = s.iter().map(|v| v.ln()).collect();
+        for t in [0usize, 1, 250, 998, 999] {
+            let got = sigma_to_t(s[t] as f64, &logs);
+            assert!((got - t as f64).abs() < 1e-3, "{t}: {got}");
+        }
+    }
+}

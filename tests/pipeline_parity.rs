@@ -1,0 +1,331 @@
+//! End-to-end parity with diffusers: every no-LoRA reference case of the mini-m fixture run
+//! through `SdxlPipeline` on CPU in f32, compared with the recorded conditioning, final
+//! latents and PNG (tolerances from the fixtures README, "Tolerances").
+
+use sdxl_worker::pipeline::{Conditioning, GenerateRequest, PipelineConfig, SdxlPipeline};
+use sdxl_worker::sampling::SamplerKind;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Conditioning: max |a − b| / max |ref|.
+const EMBED_TOL: f32 = 1e-4;
+/// Final latents, same measure.
+const LATENT_TOL: f32 = 1e-3;
+/// PNG: share of channel values within 1/255 of the reference, and PSNR.
+const PIXEL_SHARE: f64 = 0.999;
+const MIN_PSNR_DB: f64 = 45.0;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn pipeline() -> &'static SdxlPipeline {
+    static P: OnceLock<SdxlPipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        SdxlPipeline::load(&PipelineConfig::cpu_f32(
+            fixtures().join("mini-m.fp16.safetensors"),
+        ))
+        .unwrap()
+    })
+}
+
+fn manifest() -> &'static serde_json::Value {
+    static M: OnceLock<serde_json::Value> = OnceLock::new();
+    M.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+fn case(id: &str) -> &'static serde_json::Value {
+    manifest()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("case {id} not in manifest"))
+}
+
+fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = f.shape().iter().map(|&d| d as usize).collect();
+    (shape, f.into_vec::<f32>().unwrap())
+}
+
+/// max |a − b| / max |reference|.
+fn rel_err(name: &str, got: &candle_core::Tensor, reference: &Path) -> f32 {
+    let (shape, want) = npy(reference);
+    assert_eq!(got.dims(), shape.as_slice(), "{name}: shape");
+    let got = got
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{name}: non-finite values"
+    );
+    // An all-zero reference (no negative prompt) must be matched exactly.
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
+}
+
+fn request(c: &serde_json::Value) -> GenerateRequest {
+    let (sampler, schedule) =
+        SamplerKind::parse_with_schedule(c["scheduler"].as_str().unwrap()).unwrap();
+    GenerateRequest {
+        prompt: c["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
+        width: c["width"].as_u64().unwrap() as u32,
+        height: c["height"].as_u64().unwrap() as u32,
+        steps: c["steps"].as_u64().unwrap() as u32,
+        guidance: c["guidance_scale"].as_f64().unwrap() as f32,
+        sampler,
+        schedule,
+        seed: c["seed"].as_u64().unwrap(),
+        num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
+    }
+}
+
+fn check_conditioning(id: &str, dir: &Path, cond: &Conditioning) {
+    let checks: Vec<(&str, Option<&candle_core::Tensor>)> = vec![
+        ("prompt_embeds", Some(&cond.prompt_embeds)),
+        ("pooled_prompt_embeds", Some(&cond.pooled)),
+        ("add_time_ids", Some(&cond.time_ids)),
+        (
+            "negative_prompt_embeds",
+            cond.negative_prompt_embeds.as_ref(),
+        ),
+        (
+            "negative_pooled_prompt_embeds",
+            cond.negative_pooled.as_ref(),
+        ),
+        // diffusers' negative time ids equal the positive ones for txt2img.
+        (
+            "negative_add_time_ids",
+            cond.negative_prompt_embeds.as_ref().map(|_| &cond.time_ids),
+        ),
+    ];
+    for (name, got) in checks {
+        let file = dir.join(format!("{name}.npy"));
+        match got {
+            Some(t) => {
+                let e = rel_err(name, t, &file);
+                eprintln!("{id}: {name} rel err {e:.2e}");
+                assert!(e <= EMBED_TOL, "{id}: {name} rel err {e:e} > {EMBED_TOL:e}");
+            }
+            None => assert!(
+                !file.exists(),
+                "{id}: the reference has {name} but the pipeline built none"
+            ),
+        }
+    }
+}
+
+fn check_image(id: &str, got: &image::RgbImage, reference: &Path) {
+    let want = image::open(reference).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), want.dimensions(), "{id}: image size");
+    let (mut close, mut sq) = (0usize, 0f64);
+    for (a, b) in got.as_raw().iter().zip(want.as_raw()) {
+        let d = (*a as i32 - *b as i32).abs();
+        if d <= 1 {
+            close += 1;
+        }
+        sq += (d * d) as f64;
+    }
+    let n = want.as_raw().len();
+    let share = close as f64 / n as f64;
+    let mse = sq / n as f64;
+    let psnr = if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    };
+    eprintln!(
+        "{id}: {} within 1/255: {:.4}%, PSNR {psnr:.1} dB",
+        reference.file_name().unwrap().to_string_lossy(),
+        share * 100.0
+    );
+    assert!(
+        share >= PIXEL_SHARE,
+        "{id}: only {share} of values within 1/255"
+    );
+    assert!(psnr >= MIN_PSNR_DB, "{id}: PSNR {psnr} dB < {MIN_PSNR_DB}");
+}
+
+fn run_case(id: &str) {
+    let c = case(id);
+    assert!(c["lora"].is_null(), "{id} uses a LoRA");
+    let dir = fixtures()
+        .join("reference")
+        .join(c["dir"].as_str().unwrap());
+    let req = request(c);
+    let p = pipeline();
+
+    let cond = p.encode(&req).unwrap();
+    check_conditioning(id, &dir, &cond);
+
+    let mut steps_seen = 0;
+    let out = p
+        .generate(&req, &mut |pr| steps_seen = pr.step, &|| false)
+        .unwrap();
+    assert_eq!(
+        steps_seen, req.steps,
+        "{id}: progress reached the last step"
+    );
+    let e = rel_err(
+        "final_latents",
+        &out.latents,
+        &dir.join("final_latents.npy"),
+    );
+    eprintln!("{id}: final_latents rel err {e:.2e}");
+    assert!(
+        e <= LATENT_TOL,
+        "{id}: final latents rel err {e:e} > {LATENT_TOL:e}"
+    );
+    let e = rel_err(
+        "image_float",
+        &out.image_float,
+        &dir.join("image_float.npy"),
+    );
+    eprintln!("{id}: image_float rel err {e:.2e}");
+    assert!(
+        e <= LATENT_TOL,
+        "{id}: decoded image rel err {e:e} > {LATENT_TOL:e}"
+    );
+
+    assert_eq!(out.images.len(), req.num_images as usize);
+    for (i, img) in out.images.iter().enumerate() {
+        let name = if i == 0 {
+            "image.png".to_string()
+        } else {
+            format!("image_{i}.png")
+        };
+        check_image(id, img, &dir.join(name));
+    }
+}
+
+macro_rules! cases {
+    ($($name:ident => $id:literal,)*) => {
+        $(#[test] fn $name() { run_case($id); })*
+
+        /// Every no-LoRA case of the manifest has a test above (none skipped silently).
+        #[test]
+        fn every_no_lora_case_is_covered() {
+            let covered = [$($id),*];
+            for c in manifest()["cases"].as_array().unwrap() {
+                if c["lora"].is_null() {
+                    let id = c["id"].as_str().unwrap();
+                    assert!(covered.contains(&id), "no test for case {id}");
+                }
+            }
+        }
+    };
+}
+
+cases! {
+    euler_128 => "m_euler_128x128_nolora_s0_n8",
+    euler_192x128 => "m_euler_192x128_nolora_s0_n8",
+    euler_a_128 => "m_euler_a_128x128_nolora_s1234_n8",
+    euler_a_192x128 => "m_euler_a_192x128_nolora_s1234_n8",
+    dpmpp_2m_karras_128 => "m_dpmpp_2m_karras_128x128_nolora_s0_n8",
+    dpmpp_2m_karras_192x128 => "m_dpmpp_2m_karras_192x128_nolora_s0_n8",
+    ddim_128 => "m_ddim_128x128_nolora_s1234_n8",
+    ddim_192x128 => "m_ddim_192x128_nolora_s1234_n8",
+    no_negative_prompt_gives_zero_embeddings => "noneg_m_euler_128x128_nolora_s3_n8",
+    guidance_one_runs_without_cfg => "nocfg_m_euler_128x128_nolora_s3_n8",
+    empty_prompts_are_encoded => "emptyprompt_m_euler_128x128_nolora_s13_n8",
+    long_prompt_is_truncated => "longprompt_m_euler_a_128x128_nolora_s5_n8",
+    steps20_dpmpp_2m_karras_128x192 => "steps20_m_dpmpp_2m_karras_128x192_nolora_s11_n20",
+    steps20_euler_a_128x192 => "steps20_m_euler_a_128x192_nolora_s12_n20",
+    batch_of_two_uses_seed_plus_i => "batch2_m_euler_a_128x128_nolora_s42_n8",
+}
+
+#[test]
+fn cancellation_stops_generation() {
+    let req = request(case("m_euler_128x128_nolora_s0_n8"));
+    let last = std::cell::Cell::new(0);
+    let err = pipeline()
+        .generate(&req, &mut |p| last.set(p.step), &|| last.get() >= 3)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        sdxl_worker::pipeline::PipelineError::Cancelled
+    ));
+    assert_eq!(last.get(), 3);
+}
+
+/// The engine thread runs the same pipeline: same image bits as a direct call, progress for
+/// every step, and load errors reported by `Engine::start` before any job.
+#[tokio::test]
+async fn engine_thread_matches_direct_pipeline() {
+    use sdxl_worker::pipeline::Engine;
+    use std::sync::{Arc, Mutex};
+    let cfg = PipelineConfig::cpu_f32(fixtures().join("mini-m.fp16.safetensors"));
+    let engine = tokio::task::spawn_blocking(move || Engine::start(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(engine.info().architecture, "SDXL base");
+    assert_eq!(engine.info().device, "cpu");
+    let req = request(case("m_euler_a_128x128_nolora_s1234_n8"));
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&steps);
+    let out = engine
+        .generate(
+            req.clone(),
+            move |p| seen.lock().unwrap().push((p.step, p.steps)),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let expected: Vec<(u32, u32)> = (1..=req.steps).map(|s| (s, req.steps)).collect();
+    assert_eq!(*steps.lock().unwrap(), expected);
+    let direct = pipeline().generate(&req, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(out.images[0].as_raw(), direct.images[0].as_raw());
+
+    let missing = PipelineConfig::cpu_f32(fixtures().join("does-not-exist.safetensors"));
+    let err = Engine::start(missing).unwrap_err().to_string();
+    assert!(err.contains("does-not-exist.safetensors"), "{err}");
+}
+
+/// `--synthetic` weights (random values in a layout, no file) load through the same code and
+/// give finite images; here in mini-m's layout, f32 on the CPU.
+#[test]
+fn synthetic_weights_generate_finite_images() {
+    use sdxl_worker::pipeline::{DTypeArg, DeviceSpec, WeightsSource};
+    use sdxl_worker::weights::layout::SdxlDims;
+    let p = SdxlPipeline::load(&PipelineConfig {
+        source: WeightsSource::Synthetic(SdxlDims::mini_m()),
+        vae: None,
+        device: DeviceSpec::Cpu,
+        dtype: DTypeArg::F32,
+        vae_dtype: DTypeArg::F32,
+    })
+    .unwrap();
+    let mut req = request(case("m_euler_128x128_nolora_s0_n8"));
+    req.steps = 2;
+    req.width = 64;
+    req.height = 64;
+    let out = p.generate(&req, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(out.images[0].dimensions(), (64, 64));
+    let v = out
+        .image_float
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(v.iter().all(|x| x.is_finite()));
+    assert!(v.iter().any(|x| *x != v[0]), "constant image");
+}
