@@ -307,7 +307,10 @@ fn set(lib: &LoraLibrary, items: &[(&str, f32, f32)]) -> Vec<ActiveLora> {
         .collect()
 }
 
-fn snapshot(store: &WeightStore, ckpt: &Checkpoint) -> Vec<(String, Vec<u8>)> {
+/// Every resident weight's bytes, by key.
+type Snapshot = Vec<(String, Vec<u8>)>;
+
+fn snapshot(store: &WeightStore, ckpt: &Checkpoint) -> Snapshot {
     ckpt.tensors()
         .keys()
         .filter_map(|k| store.resident(k).map(|t| (k.clone(), bits(&t))))
@@ -357,7 +360,7 @@ fn thousand_switches_do_not_drift() {
         set(&lib, &[("fp32", 1.5, 1.0)]),
         vec![],
     ];
-    let mut first: Vec<Option<Vec<(String, Vec<u8>)>>> = vec![None; sets.len()];
+    let mut first: Vec<Option<Snapshot>> = vec![None; sets.len()];
     let mut state = LoraState::new();
     for i in 0..1000 {
         let which = (i * 7 + i / 3) % sets.len();

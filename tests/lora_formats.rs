@@ -548,12 +548,12 @@ fn loras_for_other_architectures_are_refused() {
                     vec![1.0; 2],
                 ),
                 t(
-                    &format!("lora_unet_input_blocks_4_1_proj_in.lora_up.weight"),
+                    "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
                     &[2, 1],
                     vec![1.0; 2],
                 ),
                 t(
-                    &format!("lora_unet_input_blocks_4_1_proj_in.lora_down.weight"),
+                    "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
                     &[1, 3],
                     vec![1.0; 3],
                 ),

@@ -294,7 +294,7 @@ fn load_file(
                 let shape = shapes.get(&k)?;
                 let rows = target.rows;
                 let len = rows.map(|r| r.1).unwrap_or(*shape.first()?);
-                (b.elem_count() == len).then(|| Target {
+                (b.elem_count() == len).then_some(Target {
                     key: k,
                     rows,
                     transpose: false,

@@ -186,6 +186,8 @@ pub fn apply_patch(w: &Tensor, p: &Patch, s: f64) -> candle_core::Result<Tensor>
         new
     };
     match p.target.rows {
+        // One range for a 1-D bias (`in_proj_bias`), not a one-element vector of ranges.
+        #[allow(clippy::single_range_in_vec_init)]
         Some((start, len)) if w.rank() == 1 => w.slice_assign(&[start..start + len], &new),
         Some((start, len)) => {
             let cols = w.dim(1)?;
