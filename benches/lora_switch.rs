@@ -11,7 +11,8 @@
 //! ```
 //! Env: `LORA_BENCH_DIR` (files; default `target/lora-bench`), `LORA_BENCH_DIMS`
 //! (`full` | `mini`), `LORA_BENCH_DTYPE` (resident model dtype `f16` | `f32`),
-//! `LORA_BENCH_RANK` (32), `LORA_BENCH_SWITCHES` (4).
+//! `LORA_BENCH_RANK` (32), `LORA_BENCH_SWITCHES` (4), `LORA_BENCH_KEEP_ORIGINALS` (`1`: keep
+//! the original weights resident instead of re-reading them from the file).
 
 use candle_core::{DType, Device};
 use sdxl_worker::lora::{ActiveLora, LoraEntry, LoraLibrary, LoraState, WeightStore};
@@ -205,7 +206,12 @@ fn main() {
     );
 
     // Resident: every key the LoRAs patch, as the models would hold them.
-    let store = WeightStore::new(ckpt.var_builder(dtype, &Device::Cpu));
+    let keep = env("LORA_BENCH_KEEP_ORIGINALS", "0") == "1";
+    let store = if keep {
+        WeightStore::keeping_originals(ckpt.var_builder(dtype, &Device::Cpu))
+    } else {
+        WeightStore::new(ckpt.var_builder(dtype, &Device::Cpu))
+    };
     let keys: BTreeSet<&String> = lib.loras().iter().flat_map(|l| l.by_key.keys()).collect();
     let t = Instant::now();
     for k in &keys {
@@ -271,8 +277,9 @@ fn main() {
     times.sort_by(|x, y| x.total_cmp(y));
     let (hwm, rss) = rss_mib();
     println!(
-        "RESULT dims={dims_name} dtype={dtype:?} rank={rank} device=cpu threads={} switch_A_B_median_s={:.3} peak_rss_mib={hwm:.0} (before switching {hwm_before:.0}) rss_mib={rss:.0}",
+        "RESULT dims={dims_name} dtype={dtype:?} rank={rank} keep_originals={keep} device=cpu threads={} switch_A_B_median_s={:.3} peak_rss_mib={hwm:.0} (before switching {hwm_before:.0}) rss_mib={rss:.0} kept_originals_mib={:.0}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         times[times.len() / 2],
+        store.kept_original_bytes() as f64 / (1 << 20) as f64,
     );
 }

@@ -37,10 +37,19 @@ impl LoraRuntime {
     /// `base` is a root `VarBuilder` over the checkpoint (full tensor names), in the model
     /// dtype; models must be built from [`var_builder`](Self::var_builder).
     pub fn new(library: LoraLibrary, base: VarBuilder<'static>) -> Self {
+        Self::with_store(library, WeightStore::new(base))
+    }
+
+    /// With originals kept on the device ([`WeightStore::keeping_originals`]).
+    pub fn keeping_originals(library: LoraLibrary, base: VarBuilder<'static>) -> Self {
+        Self::with_store(library, WeightStore::keeping_originals(base))
+    }
+
+    fn with_store(library: LoraLibrary, store: Arc<WeightStore>) -> Self {
         Self {
             library,
             state: LoraState::new(),
-            store: WeightStore::new(base),
+            store,
         }
     }
 

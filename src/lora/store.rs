@@ -5,6 +5,11 @@
 //! builds get the same tensor (an `Arc` clone), so rebuilding the UNet and text encoders after
 //! a LoRA switch costs no copies. A switch replaces entries; the base is kept only to re-read
 //! originals, so restoring a key gives back exactly the tensor the first load produced.
+//!
+//! With [`WeightStore::keeping_originals`] the store instead keeps the original device tensor
+//! of every key a LoRA has touched: restoring is then a reference swap and merging starts
+//! from the device copy, with no host-to-device transfer (what a GPU wants for sub-second
+//! switches), at the cost of one extra copy of the touched weights in device memory.
 
 use candle_core::{DType, Device, Result as CResult, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -14,6 +19,8 @@ use std::sync::{Arc, RwLock};
 pub struct WeightStore {
     base: VarBuilder<'static>,
     tensors: RwLock<HashMap<String, Tensor>>,
+    /// Original resident tensors of replaced keys, when kept on the device.
+    originals: Option<RwLock<HashMap<String, Tensor>>>,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -30,7 +37,29 @@ impl WeightStore {
         Arc::new(Self {
             base,
             tensors: RwLock::new(HashMap::new()),
+            originals: None,
         })
+    }
+
+    /// Like [`new`](Self::new), but keeps the original resident tensor of every key a LoRA
+    /// replaces, so originals never have to be re-read from the file.
+    pub fn keeping_originals(base: VarBuilder<'static>) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            tensors: RwLock::new(HashMap::new()),
+            originals: Some(RwLock::new(HashMap::new())),
+        })
+    }
+
+    /// Bytes of the kept originals. A key restored to its original shares that storage
+    /// with its resident tensor, so the extra device memory is the share of patched keys.
+    pub fn kept_original_bytes(&self) -> usize {
+        let Some(o) = &self.originals else { return 0 };
+        o.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
     }
 
     /// A `VarBuilder` (full names) serving resident tensors first.
@@ -73,15 +102,40 @@ impl WeightStore {
         self.get_or_load(s, key, dtype)
     }
 
-    /// The original value of `key` re-read from the base in `dtype`; not stored.
+    /// The original value of `key` in `dtype`: the kept device copy when there is one,
+    /// else re-read from the base (the same path as the first load). Not stored.
     pub fn original(&self, key: &str, shape: &[usize], dtype: DType) -> CResult<Tensor> {
+        if let Some(o) = &self.originals {
+            let kept = o
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .cloned();
+            if let Some(t) = kept {
+                return if t.dtype() == dtype {
+                    Ok(t)
+                } else {
+                    t.to_dtype(dtype)
+                };
+            }
+        }
         self.base
             .get_with_hints_dtype(shape, key, candle_nn::Init::Const(0.), dtype)
     }
 
-    /// Replaces the resident tensor of `key`.
+    /// Replaces the resident tensor of `key` (keeping the first one as the original when
+    /// the store keeps originals).
     pub fn replace(&self, key: &str, t: Tensor) {
-        self.write().insert(key.to_string(), t);
+        let mut tensors = self.write();
+        if let Some(o) = &self.originals {
+            let mut o = o.write().unwrap_or_else(|e| e.into_inner());
+            if !o.contains_key(key) {
+                if let Some(old) = tensors.get(key) {
+                    o.insert(key.to_string(), old.clone());
+                }
+            }
+        }
+        tensors.insert(key.to_string(), t);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Tensor>> {
