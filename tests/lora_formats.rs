@@ -623,6 +623,26 @@ fn loras_for_other_architectures_are_refused() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("none of its 1 modules"), "{e}");
+    let e = f
+        .lora_meta(
+            "flux_meta",
+            &vec![
+                t(
+                    "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
+                    &[2, 1],
+                    vec![1.0; 2],
+                ),
+                t(
+                    "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
+                    &[1, 3],
+                    vec![1.0; 3],
+                ),
+            ],
+            StDtype::F32,
+            &[("modelspec.architecture", "flux-1-dev/lora")],
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("flux-1-dev"), "{e}");
     // An SDXL LoRA with model-spec metadata loads.
     f.lora_meta(
         "sdxl_meta",

@@ -170,22 +170,27 @@ fn check_weight(name: &str, field: &str, v: f64) -> Result<(), LoraError> {
 }
 
 /// Metadata that names another model family (kohya `ss_base_model_version`, model-spec
-/// `modelspec.architecture`).
+/// `modelspec.architecture`). Only families known to be different are refused: SDXL
+/// derivatives carry many spellings, and the shape check catches what metadata misses.
 fn foreign_architecture(meta: &BTreeMap<String, String>) -> Option<String> {
-    if let Some(a) = meta.get("modelspec.architecture") {
-        let l = a.to_ascii_lowercase();
-        if !l.contains("stable-diffusion-xl") && !l.contains("sdxl") {
-            return Some(format!("its metadata says modelspec.architecture = `{a}`"));
-        }
-    }
-    if let Some(v) = meta.get("ss_base_model_version") {
-        let l = v.to_ascii_lowercase();
-        if l.starts_with("sd_v1")
-            || l.starts_with("sd_v2")
-            || l.contains("flux")
-            || l.starts_with("sd3")
-        {
-            return Some(format!("its metadata says ss_base_model_version = `{v}`"));
+    const FOREIGN: [&str; 10] = [
+        "stable-diffusion-v1",
+        "stable-diffusion-v2",
+        "stable-diffusion-3",
+        "sd_v1",
+        "sd_v2",
+        "sd3",
+        "flux",
+        "stable-cascade",
+        "pixart",
+        "hunyuan",
+    ];
+    for field in ["modelspec.architecture", "ss_base_model_version"] {
+        if let Some(v) = meta.get(field) {
+            let l = v.to_ascii_lowercase();
+            if FOREIGN.iter().any(|f| l.starts_with(f)) {
+                return Some(format!("its metadata says {field} = `{v}`"));
+            }
         }
     }
     None
