@@ -273,10 +273,7 @@ async fn engine_thread_matches_direct_pipeline() {
     use sdxl_worker::pipeline::Engine;
     use std::sync::{Arc, Mutex};
     let cfg = PipelineConfig::cpu_f32(fixtures().join("mini-m.fp16.safetensors"));
-    let engine = tokio::task::spawn_blocking(move || Engine::start(cfg))
-        .await
-        .unwrap()
-        .unwrap();
+    let engine = Engine::start_async(cfg).await.unwrap();
     assert_eq!(engine.info().architecture, "SDXL base");
     assert_eq!(engine.info().device, "cpu");
     let req = request(case("m_euler_a_128x128_nolora_s1234_n8"));
@@ -328,4 +325,65 @@ fn synthetic_weights_generate_finite_images() {
         .unwrap();
     assert!(v.iter().all(|x| x.is_finite()));
     assert!(v.iter().any(|x| *x != v[0]), "constant image");
+}
+
+/// The half-precision paths (weights in f16/bf16, sampler math in f32, VAE in a half type
+/// with the f32 retry available) run end to end on the CPU in f16. Values are
+/// not comparable with the f32 references at the parity tolerances, so the check is a loose
+/// agreement with the f32 image.
+#[test]
+fn half_precision_pipeline_runs() {
+    use sdxl_worker::pipeline::{DTypeArg, DeviceSpec, WeightsSource};
+    let req = request(case("m_euler_128x128_nolora_s0_n8"));
+    let reference = pipeline().generate(&req, &mut |_| {}, &|| false).unwrap();
+    // candle's CPU backend has no bf16 matmul, so bf16 can only be exercised on a GPU.
+    for (dtype, vae_dtype) in [
+        (DTypeArg::F16, DTypeArg::F16),
+        (DTypeArg::F16, DTypeArg::F32),
+    ] {
+        let p = SdxlPipeline::load(&PipelineConfig {
+            source: WeightsSource::File(fixtures().join("mini-m.fp16.safetensors")),
+            vae: None,
+            device: DeviceSpec::Cpu,
+            dtype,
+            vae_dtype,
+        })
+        .unwrap();
+        let out = p.generate(&req, &mut |_| {}, &|| false).unwrap();
+        let a = out
+            .image_float
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = reference
+            .image_float
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            a.iter().all(|v| v.is_finite()),
+            "{dtype:?}: non-finite image"
+        );
+        let max_ref = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mean_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        eprintln!(
+            "{dtype:?}/{vae_dtype:?}: mean |diff| / max |ref| = {:.3e}",
+            mean_diff / max_ref
+        );
+        assert!(mean_diff / max_ref < 5e-3, "{dtype:?}: image far from f32");
+
+        // Latents beyond f16's range: a half-precision VAE overflows and the decode is redone
+        // in f32, which stays finite.
+        let mut timings = Default::default();
+        let huge = (&reference.latents * 1e4).unwrap();
+        let img = p.decode(&huge, &mut timings).unwrap();
+        let v = img.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{vae_dtype:?}: retry left non-finite values"
+        );
+        assert_eq!(timings.vae_f32_retry, vae_dtype == DTypeArg::F16);
+    }
 }

@@ -1,4 +1,286 @@
 //! The image handler: a job's `input` → validated request → engine → encoded images with
-//! metadata → the result body RunPod clients expect.
+//! metadata → the result body RunPod clients expect (the same top-level keys as RunPod's
+//! official SDXL worker: `images`, `image_url`, `seed`, plus `seeds`, `parameters`, `info`).
 
 pub mod request;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::fetch::{ResolvedModel, ResolvedModels};
+use crate::image::infotext::Infotext;
+use crate::pipeline::{
+    Engine, EngineArgs, EngineError, EngineHandle, GenerateRequest, PipelineConfig, PipelineError,
+};
+use crate::runpod::{async_trait, Handler, HandlerOutput, Job, JobContext, JobError};
+use crate::sampling::{SamplerKind, SigmaSchedule};
+use request::{Defaults, GenerateInput, SamplerName, ScheduleName};
+
+/// Largest result body posted without object storage: RunPod refuses job results of about
+/// 20 MB, so a bigger one would be lost rather than delivered.
+pub const MAX_INLINE_RESULT_BYTES: usize = 20 * 1024 * 1024;
+
+/// Version string written into image metadata (`Version:`).
+pub const VERSION: &str = concat!("sdxl-worker ", env!("CARGO_PKG_VERSION"));
+
+/// Failures while building the handler at cold start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("models.toml lists no [[checkpoint]]; add one (see the README)")]
+    NoCheckpoint,
+    #[error("loading checkpoint `{name}` ({path}): {source}")]
+    Pipeline {
+        name: String,
+        path: String,
+        #[source]
+        source: PipelineError,
+    },
+    #[error("the model loading thread failed: {0}")]
+    Join(String),
+}
+
+/// The SDXL handler: owns the engine thread and what it needs to describe its images.
+pub struct SdxlHandler {
+    engine: EngineHandle,
+    checkpoint: ResolvedModel,
+    models: ResolvedModels,
+    defaults: Defaults,
+}
+
+impl SdxlHandler {
+    /// Starts the engine on the default checkpoint of `models` (and the `[vae]` override,
+    /// if any). Loading runs on a blocking thread so the runtime keeps answering meanwhile.
+    pub async fn load(models: ResolvedModels, args: &EngineArgs) -> Result<Self, LoadError> {
+        let checkpoint = models
+            .default_checkpoint()
+            .cloned()
+            .ok_or(LoadError::NoCheckpoint)?;
+        let load_err = |source| LoadError::Pipeline {
+            name: checkpoint.name.clone(),
+            path: checkpoint.path.display().to_string(),
+            source,
+        };
+        let mut config = PipelineConfig::new(&checkpoint.path, args).map_err(load_err)?;
+        config.vae = models.vae().map(|v| v.path.clone());
+        let engine = tokio::task::spawn_blocking(move || Engine::start(config))
+            .await
+            .map_err(|e| LoadError::Join(e.to_string()))?
+            .map_err(load_err)?;
+        tracing::info!(
+            checkpoint = %checkpoint.name,
+            architecture = %engine.info().architecture,
+            device = %engine.info().device,
+            dtype = engine.info().dtype,
+            load_s = engine.info().load_seconds,
+            "engine ready"
+        );
+        Ok(Self {
+            engine,
+            checkpoint,
+            models,
+            defaults: Defaults::default(),
+        })
+    }
+
+    /// Validates everything the schema cannot know alone (model names), all at once.
+    fn check_names(&self, input: &GenerateInput) -> Result<(), JobError> {
+        let mut errors = Vec::new();
+        if let Some(name) = &input.checkpoint {
+            if !name.eq_ignore_ascii_case(&self.checkpoint.name) {
+                errors.push(format!(
+                    "field `checkpoint`: {name:?} is not loaded (allowed: {:?})",
+                    self.checkpoint.name
+                ));
+            }
+        }
+        if !input.loras.is_empty() {
+            errors.push(
+                "field `loras`: LoRAs are not applied by this worker version (allowed: [])"
+                    .to_string(),
+            );
+        }
+        // A1111 leaves SDXL on the penultimate CLIP layer for clip skip 1 and 2 alike
+        // (formats.md 2.4), so both give the same image here too.
+        if input.clip_skip.is_some_and(|c| c > 2) {
+            errors.push(
+                "field `clip_skip`: values above 2 are not implemented for SDXL (allowed: 1, 2)"
+                    .to_string(),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(JobError::invalid_input(errors.join("; ")))
+        }
+    }
+
+    fn infotext(&self, input: &GenerateInput, seed: u64) -> Infotext {
+        let model = std::path::Path::new(&self.checkpoint.file_name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned());
+        let resources = self
+            .checkpoint
+            .civitai
+            .as_ref()
+            .map(|c| {
+                vec![json!({"type": "checkpoint", "modelVersionId": c.version_id,
+                            "modelName": self.checkpoint.name})]
+            })
+            .unwrap_or_default();
+        Infotext {
+            prompt: input.prompt.clone(),
+            negative_prompt: input.negative_prompt.clone(),
+            steps: input.steps,
+            sampler: input.sampler.a1111_label().to_string(),
+            schedule: Some(input.schedule.a1111_label().to_string()),
+            cfg_scale: input.guidance_scale,
+            seed,
+            width: input.width,
+            height: input.height,
+            model_hash: Some(self.checkpoint.autov2.to_ascii_lowercase()),
+            model,
+            clip_skip: input.clip_skip,
+            lora_hashes: Vec::new(),
+            version: VERSION.to_string(),
+            civitai_resources: resources,
+        }
+    }
+}
+
+/// The engine's names for a request's sampler and schedule.
+fn engine_sampler(sampler: SamplerName, schedule: ScheduleName) -> (SamplerKind, SigmaSchedule) {
+    let kind = match sampler {
+        SamplerName::Euler => SamplerKind::Euler,
+        SamplerName::EulerA => SamplerKind::EulerAncestral,
+        SamplerName::DpmPp2m => SamplerKind::DpmPp2m,
+        SamplerName::Ddim => SamplerKind::Ddim,
+    };
+    let schedule = match schedule {
+        ScheduleName::Normal => SigmaSchedule::Default,
+        ScheduleName::Karras => SigmaSchedule::Karras,
+    };
+    (kind, schedule)
+}
+
+/// Maps engine failures to job errors with stable `error_type`s.
+fn engine_error(err: EngineError) -> JobError {
+    let error_type = err.error_type();
+    JobError::from_error(error_type, err)
+}
+
+#[async_trait]
+impl Handler for SdxlHandler {
+    async fn handle(&self, job: Job, ctx: JobContext) -> Result<HandlerOutput, JobError> {
+        let started = Instant::now();
+        let input = request::parse(&job.input, &self.defaults)
+            .map_err(|e| JobError::invalid_input(e.0.join("; ")))?;
+        self.check_names(&input)?;
+        // torch's generator keeps the low 32 bits of a seed; drawing in that range keeps
+        // every returned seed reproducible in A1111/ComfyUI as written.
+        let seed = input
+            .seed
+            .unwrap_or_else(|| u64::from(rand::random::<u32>()));
+        let (sampler, schedule) = engine_sampler(input.sampler, input.schedule);
+        let req = GenerateRequest {
+            prompt: input.prompt.clone(),
+            negative_prompt: input.negative_prompt.clone(),
+            width: input.width,
+            height: input.height,
+            steps: input.steps,
+            guidance: input.guidance_scale as f32,
+            sampler,
+            schedule,
+            seed,
+            num_images: input.num_images,
+        };
+        let progress_ctx = ctx.clone();
+        let output = self
+            .engine
+            .generate(
+                req,
+                move |p| progress_ctx.progress(json!({"step": p.step, "steps": p.steps})),
+                ctx.cancellation_token().clone(),
+            )
+            .await
+            .map_err(engine_error)?;
+
+        let encode_started = Instant::now();
+        let texts: Vec<String> = output
+            .seeds
+            .iter()
+            .map(|s| self.infotext(&input, *s).render())
+            .collect();
+        let format = input.output_format;
+        let quality = input.output_quality;
+        let images = output.images;
+        let texts_for_encode = texts.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            images
+                .iter()
+                .zip(&texts_for_encode)
+                .map(|(img, text)| crate::image::encode(img, format, quality, text))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| JobError::new("internal_error", format!("image encoding thread: {e}")))?
+        .map_err(|e| JobError::from_error("encode_error", e))?;
+        let uris: Vec<String> = encoded
+            .iter()
+            .map(|b| crate::image::data_uri(b, format))
+            .collect();
+        let inline_bytes: usize = uris.iter().map(String::len).sum();
+        if inline_bytes > MAX_INLINE_RESULT_BYTES {
+            return Err(JobError::new(
+                "result_too_large",
+                format!(
+                    "the images are {inline_bytes} bytes as base64, over RunPod's ~20 MB result \
+                     limit: ask for fewer images, use output_format jpeg, or configure object \
+                     storage"
+                ),
+            ));
+        }
+        let t = &output.timings;
+        let value = json!({
+            "images": uris,
+            "image_url": uris.first(),
+            "seed": seed,
+            "seeds": output.seeds,
+            "parameters": texts.first(),
+            "info": {
+                "request": input,
+                "checkpoint": {
+                    "name": self.checkpoint.name,
+                    "file": self.checkpoint.file_name,
+                    "sha256": self.checkpoint.sha256,
+                    "autov2": self.checkpoint.autov2,
+                    "civitai": self.checkpoint.civitai,
+                    "architecture": self.engine.info().architecture,
+                },
+                "vae": self.models.vae().map(|v| json!({"name": v.name, "sha256": v.sha256})),
+                "device": self.engine.info().device,
+                "dtype": self.engine.info().dtype,
+                "timings": {
+                    "encode_prompt_s": t.encode_s,
+                    "denoise_s": t.denoise_s,
+                    "unet_steps": t.unet_steps,
+                    "vae_decode_s": t.decode_s,
+                    "vae_f32_retry": t.vae_f32_retry,
+                    "image_encode_s": encode_started.elapsed().as_secs_f64(),
+                    "total_s": started.elapsed().as_secs_f64(),
+                },
+                "version": VERSION,
+            }
+        });
+        Ok(HandlerOutput::new(value))
+    }
+}
+
+/// Builds the handler from resolved models (cold-start glue for [`crate::run_blocking`]).
+pub async fn build(
+    models: ResolvedModels,
+    args: &EngineArgs,
+) -> Result<Arc<SdxlHandler>, LoadError> {
+    SdxlHandler::load(models, args).await.map(Arc::new)
+}

@@ -34,6 +34,7 @@ const FIELDS: &[(&str, &[&str])] = &[
 pub enum SamplerName {
     Euler,
     EulerA,
+    #[serde(rename = "dpmpp_2m")]
     DpmPp2m,
     Ddim,
 }
@@ -53,19 +54,19 @@ impl SamplerName {
     pub fn default_schedule(self) -> ScheduleName {
         match self {
             SamplerName::DpmPp2m => ScheduleName::Karras,
-            _ => ScheduleName::Leading,
+            _ => ScheduleName::Normal,
         }
     }
 }
 
-/// Sigma/timestep schedules the engine implements.
+/// Sigma schedules a request can pick. The timestep spacing itself follows the checkpoint
+/// (diffusers' `leading` for SDXL, `trailing` for zero-terminal-SNR v-prediction models).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleName {
-    /// diffusers' default for SDXL (`timestep_spacing = "leading"`, `steps_offset = 1`).
-    Leading,
-    Trailing,
-    Linspace,
+    /// The training sigmas at the spaced timesteps (diffusers' default).
+    Normal,
+    /// Karras et al. (rho 7) between the model's sigma_min and sigma_max.
     Karras,
 }
 
@@ -73,9 +74,7 @@ impl ScheduleName {
     /// The A1111 `Schedule type` label.
     pub fn a1111_label(self) -> &'static str {
         match self {
-            ScheduleName::Leading => "Leading",
-            ScheduleName::Trailing => "Trailing",
-            ScheduleName::Linspace => "Uniform",
+            ScheduleName::Normal => "Normal",
             ScheduleName::Karras => "Karras",
         }
     }
@@ -111,10 +110,10 @@ const SAMPLER_LABELS: &[(&str, SamplerName, Option<ScheduleName>)] = &[
 ];
 
 const SCHEDULE_LABELS: &[(&str, ScheduleName)] = &[
-    ("leading", ScheduleName::Leading),
-    ("trailing", ScheduleName::Trailing),
-    ("linspace", ScheduleName::Linspace),
-    ("uniform", ScheduleName::Linspace),
+    ("normal", ScheduleName::Normal),
+    ("default", ScheduleName::Normal),
+    ("automatic", ScheduleName::Normal),
+    ("leading", ScheduleName::Normal),
     ("karras", ScheduleName::Karras),
 ];
 
@@ -422,6 +421,14 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
             None => c.fail("schedule", v, &allowed_schedules()),
         }
     }
+    if schedule == ScheduleName::Karras
+        && matches!(sampler, SamplerName::EulerA | SamplerName::Ddim)
+    {
+        c.errors.push(format!(
+            "field `schedule`: \"karras\" is not available with sampler `{}` (allowed: normal)",
+            sampler.a1111_label()
+        ));
+    }
 
     let num_images = c.integer("num_images", 1, 8);
     let checkpoint = c.string("checkpoint");
@@ -573,11 +580,13 @@ mod tests {
             (r.sampler, r.schedule),
             (SamplerName::DpmPp2m, ScheduleName::Karras)
         );
-        let r = ok(json!({"prompt": "x", "scheduler": "K_EULER", "schedule": "trailing"}));
+        let r = ok(json!({"prompt": "x", "scheduler": "K_EULER", "schedule": "Karras"}));
         assert_eq!(
             (r.sampler, r.schedule),
-            (SamplerName::Euler, ScheduleName::Trailing)
+            (SamplerName::Euler, ScheduleName::Karras)
         );
+        let e = errs(json!({"prompt": "x", "scheduler": "DDIM", "schedule": "karras"}));
+        assert!(e[0].contains("not available"), "{e:?}");
     }
 
     #[test]

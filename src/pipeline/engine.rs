@@ -81,6 +81,13 @@ impl Engine {
         Self::start_with(move || SdxlPipeline::load(&config))
     }
 
+    /// [`start`](Self::start) from async code: the load runs on a blocking thread.
+    pub async fn start_async(config: PipelineConfig) -> Result<EngineHandle, PipelineError> {
+        tokio::task::spawn_blocking(move || Self::start(config))
+            .await
+            .map_err(|e| PipelineError::Internal(format!("engine start task failed: {e}")))?
+    }
+
     pub(crate) fn start_with<G: Generator + 'static>(
         load: impl FnOnce() -> Result<G, PipelineError> + Send + 'static,
     ) -> Result<EngineHandle, PipelineError> {

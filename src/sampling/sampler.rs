@@ -268,14 +268,14 @@ impl Sampler {
                     let up = ((s_next * s_next) * (s * s - s_next * s_next) / (s * s)).sqrt();
                     let down = (s_next * s_next - up * up).sqrt();
                     let prev = (&x + mul_scalar(&d, down - s)?)?;
-                    let dims = x.dims();
-                    if rngs.len() != dims[0] {
+                    let (batch, per_image) = x.dims().split_first().unwrap_or((&0, &[]));
+                    if rngs.len() != *batch {
                         return Err(SamplingError::GeneratorCount {
                             got: rngs.len(),
-                            batch: dims[0],
+                            batch: *batch,
                         });
                     }
-                    let noise = randn_batch(rngs, &dims[1..], x.device())?;
+                    let noise = randn_batch(rngs, per_image, x.device())?;
                     (prev + mul_scalar(&noise, up)?)?
                 } else {
                     (&x + mul_scalar(&d, s_next - s)?)?

@@ -1,0 +1,152 @@
+//! Errors of the fetcher. Messages say what to do next (set a token, pick another file, free
+//! disk) because they end up in RunPod's worker log, read by someone who did not write the code.
+//! No variant carries a token or a full presigned URL.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+const TOKEN_HELP: &str = "create an API key at https://civitai.com/user/account (API Keys) and set it in the CIVITAI_TOKEN environment variable (or --civitai-token)";
+
+/// Why one manifest entry could not be made available.
+#[derive(Debug, Error)]
+pub enum EntryError {
+    #[error(
+        "Civitai requires an API token to download this file (HTTP 401: {message}); {TOKEN_HELP}"
+    )]
+    TokenMissing { message: String },
+    #[error("Civitai did not accept CIVITAI_TOKEN (HTTP {status}: {message}); the key may be mistyped, expired or revoked — {TOKEN_HELP}")]
+    TokenRejected { status: u16, message: String },
+    #[error("this Civitai version is in Early Access{}: buy access on civitai.com with the account that owns CIVITAI_TOKEN, or wait until it is public", .deadline.as_ref().map(|d| format!(" until {d}")).unwrap_or_default())]
+    EarlyAccess { deadline: Option<String> },
+    #[error("the creator of this Civitai version disabled downloads (usage control `{usage}`); it can only be used in Civitai's generator — pick another version")]
+    GenerationOnly { usage: String },
+    #[error("Civitai refused the download (HTTP 403: {message})")]
+    Forbidden { message: String },
+    #[error("not found: {what}")]
+    NotFound { what: String },
+    #[error("the Civitai model is archived and no longer downloadable (HTTP 410)")]
+    Archived,
+    #[error("Civitai download quota exceeded (HTTP 429: {message}); gave up after {attempts} attempts — try again later or use a sha256-pinned cache on a network volume")]
+    Quota { message: String, attempts: u32 },
+    #[error("{server} kept answering HTTP {status} after {attempts} attempts: {message}")]
+    Unavailable {
+        server: String,
+        status: u16,
+        message: String,
+        attempts: u32,
+    },
+    #[error("HTTP {status} from {url}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the server sent {what} instead of a model file (first bytes: {snippet:?}); nothing was saved")]
+    NotAModel { what: String, snippet: String },
+    #[error("{0}")]
+    Pickle(String),
+    #[error("Civitai marks file `{file}` as {scan} by its {scanner} scan; refusing to load it")]
+    Unsafe {
+        file: String,
+        scanner: &'static str,
+        scan: String,
+    },
+    #[error("no file of this Civitai version matches {wanted}; available: {available}")]
+    NoMatchingFile { wanted: String, available: String },
+    #[error("SHA-256 mismatch: expected {expected}, got {actual}; the download was discarded")]
+    HashMismatch { expected: String, actual: String },
+    #[error("models.toml pins sha256 {pinned} but Civitai lists {listed} for file {file_id}; the version's file was replaced — update the pin after checking the new file")]
+    PinMismatch {
+        pinned: String,
+        listed: String,
+        file_id: u64,
+    },
+    #[error("size mismatch: expected {expected} bytes, got {actual}; the download was discarded")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("disk full at {path}: need {needed} bytes, {available} available; free space or point --cache-dir / MODEL_CACHE_DIR at a larger volume")]
+    DiskFull {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error("permission denied writing {path}; make the cache directory writable or choose another with --cache-dir / MODEL_CACHE_DIR")]
+    Permission { path: PathBuf },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network error talking to {url}: {message}")]
+    Network { url: String, message: String },
+    #[error(
+        "the connection kept dropping ({attempts} attempts, last at byte {offset}): {message}"
+    )]
+    Interrupted {
+        attempts: u32,
+        offset: u64,
+        message: String,
+    },
+    #[error("unexpected response from Civitai: {0}")]
+    BadMetadata(String),
+    #[error("Hugging Face: {0}")]
+    HuggingFace(String),
+    #[error("local file {path}: {message}")]
+    Local { path: PathBuf, message: String },
+}
+
+impl EntryError {
+    /// Maps an I/O error on a cache path to the clearest variant (disk full, permission).
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if is_disk_full(&source) {
+            let available = path
+                .parent()
+                .and_then(|p| fs4::available_space(p).ok())
+                .unwrap_or(0);
+            return EntryError::DiskFull {
+                path,
+                needed: 0,
+                available,
+            };
+        }
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return EntryError::Permission { path };
+        }
+        EntryError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    /// Transient failures worth retrying with backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            EntryError::Network { .. } | EntryError::Unavailable { .. }
+        )
+    }
+}
+
+/// ENOSPC / EDQUOT, or the portable `StorageFull` kind.
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
+/// Text of a reqwest error without the URL (it may carry a presigned signature).
+pub(crate) fn net_message(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
