@@ -95,6 +95,7 @@ fn request(c: &serde_json::Value) -> GenerateRequest {
         schedule,
         seed: c["seed"].as_u64().unwrap(),
         num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
+        loras: Vec::new(),
     }
 }
 
@@ -309,6 +310,7 @@ fn synthetic_weights_generate_finite_images() {
         device: DeviceSpec::Cpu,
         dtype: DTypeArg::F32,
         vae_dtype: DTypeArg::F32,
+        loras: Vec::new(),
     })
     .unwrap();
     let mut req = request(case("m_euler_128x128_nolora_s0_n8"));
