@@ -66,9 +66,10 @@ pub enum PipelineError {
     Candle(#[from] candle_core::Error),
     #[error("model computation failed: {0}")]
     Compute(#[from] ModelError),
-    /// A LoRA that cannot be loaded, or a request naming an unknown LoRA.
+    /// A LoRA that cannot be loaded, or a request naming an unknown LoRA (boxed: it is
+    /// large and rare).
     #[error(transparent)]
-    Lora(#[from] LoraError),
+    Lora(Box<LoraError>),
     #[error("{0}")]
     Internal(String),
 }
@@ -89,6 +90,12 @@ impl PipelineError {
                 "generation_error"
             }
         }
+    }
+}
+
+impl From<LoraError> for PipelineError {
+    fn from(e: LoraError) -> Self {
+        Self::Lora(Box::new(e))
     }
 }
 
