@@ -287,7 +287,8 @@ fn prompt_tag_matches_reference() {
 }
 
 /// After LoRA cases, a request without LoRAs gets the original weights back: it matches the
-/// no-LoRA reference.
+/// no-LoRA reference. (The shared pipeline re-reads originals from the file; the kept-on-device
+/// variant is checked bit for bit in lora_fixture.rs.)
 #[test]
 fn no_lora_case_after_switching() {
     run_case("m_euler_128x128_lora1_s1_n8", Via::List);

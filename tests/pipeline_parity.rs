@@ -311,6 +311,7 @@ fn synthetic_weights_generate_finite_images() {
         dtype: DTypeArg::F32,
         vae_dtype: DTypeArg::F32,
         loras: Vec::new(),
+        lora_keep_originals: None,
     })
     .unwrap();
     let mut req = request(case("m_euler_128x128_nolora_s0_n8"));

@@ -120,6 +120,8 @@ pub struct PipelineConfig {
     pub vae_dtype: DTypeArg,
     /// The LoRAs of `models.toml`, loaded with the checkpoint and kept in host memory.
     pub loras: Vec<LoraEntry>,
+    /// `--lora-keep-originals`; `None` = keep on a GPU, re-read on the CPU.
+    pub lora_keep_originals: Option<bool>,
 }
 
 impl PipelineConfig {
@@ -132,6 +134,7 @@ impl PipelineConfig {
             dtype: args.dtype,
             vae_dtype: args.vae_dtype,
             loras: Vec::new(),
+            lora_keep_originals: args.lora_keep_originals,
         })
     }
 
@@ -144,6 +147,7 @@ impl PipelineConfig {
             dtype: DTypeArg::F32,
             vae_dtype: DTypeArg::F32,
             loras: Vec::new(),
+            lora_keep_originals: None,
         }
     }
 }
@@ -419,7 +423,12 @@ impl SdxlPipeline {
         let loras = match &source {
             Source::File(ckpt) => {
                 let library = LoraLibrary::load(&cfg.loras, shapes)?;
-                Some(LoraRuntime::new(library, ckpt.var_builder(dtype, &device)))
+                let base = ckpt.var_builder(dtype, &device);
+                if cfg.lora_keep_originals.unwrap_or(!device.is_cpu()) {
+                    Some(LoraRuntime::keeping_originals(library, base))
+                } else {
+                    Some(LoraRuntime::new(library, base))
+                }
             }
             Source::Synthetic(_) if cfg.loras.is_empty() => None,
             Source::Synthetic(_) => {
