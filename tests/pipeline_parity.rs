@@ -350,6 +350,8 @@ fn half_precision_pipeline_runs() {
             device: DeviceSpec::Cpu,
             dtype,
             vae_dtype,
+            loras: Vec::new(),
+            lora_keep_originals: None,
         })
         .unwrap();
         let out = p.generate(&req, &mut |_| {}, &|| false).unwrap();

@@ -88,7 +88,7 @@ impl LoraLibrary {
         let index = NameIndex::build(shapes);
         let mut loras: Vec<Arc<LoraFile>> = Vec::with_capacity(entries.len());
         for e in entries {
-            if loras.iter().any(|l| l.name == e.name) {
+            if loras.iter().any(|l| l.name.eq_ignore_ascii_case(&e.name)) {
                 return Err(LoraError::DuplicateName(e.name.clone()));
             }
             check_weight(&e.name, "default weight", e.default_weight)?;
@@ -110,11 +110,12 @@ impl LoraLibrary {
         self.loras.iter().map(|l| l.name.as_str()).collect()
     }
 
+    /// Looks a LoRA up by name, ignoring ASCII case (as the rest of the worker does).
     pub fn get(&self, name: &str) -> Option<(usize, &LoraFile)> {
         self.loras
             .iter()
             .enumerate()
-            .find(|(_, l)| l.name == name)
+            .find(|(_, l)| l.name.eq_ignore_ascii_case(name))
             .map(|(i, l)| (i, l.as_ref()))
     }
 
