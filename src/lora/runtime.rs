@@ -31,6 +31,9 @@ pub struct LoraRuntime {
     library: LoraLibrary,
     state: LoraState,
     store: Arc<WeightStore>,
+    /// A switch or a model rebuild failed part-way: the models may hold stale tensors, so
+    /// the next `prepare` reports a change whatever it switches.
+    dirty: bool,
 }
 
 impl LoraRuntime {
@@ -50,6 +53,7 @@ impl LoraRuntime {
             library,
             state: LoraState::new(),
             store,
+            dirty: false,
         }
     }
 
@@ -59,6 +63,12 @@ impl LoraRuntime {
 
     pub fn store(&self) -> &Arc<WeightStore> {
         &self.store
+    }
+
+    /// Records that rebuilding the models after a switch failed, so the next
+    /// [`prepare`](Self::prepare) asks for a rebuild even if its set is unchanged.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// A `VarBuilder` (full tensor names) over the resident weights.
@@ -82,7 +92,15 @@ impl LoraRuntime {
             .collect();
         all.extend(requested.iter().cloned());
         let set = self.library.resolve(&all)?;
-        let stats = self.state.switch(&self.library, &set, &self.store)?;
+        let stats = match self.state.switch(&self.library, &set, &self.store) {
+            Ok(s) => s,
+            Err(e) => {
+                self.dirty = true;
+                return Err(e);
+            }
+        };
+        let changed = stats.patched_keys + stats.restored_keys > 0 || self.dirty;
+        self.dirty = false;
         let active = set
             .iter()
             .map(|a| {
@@ -96,7 +114,7 @@ impl LoraRuntime {
         Ok(Prepared {
             prompt: clean,
             active,
-            changed: stats.patched_keys + stats.restored_keys > 0,
+            changed,
             stats,
         })
     }

@@ -602,9 +602,21 @@ impl SdxlPipeline {
                 source,
             };
             let vb = rt.var_builder(self.unet.dtype(), &self.device);
-            self.te1 = ClipTextModel::load(vb.pp(TE1_PREFIX), &self.te1_cfg).map_err(model_err)?;
-            self.te2 = ClipTextModel::load(vb.pp(TE2_PREFIX), &self.te2_cfg).map_err(model_err)?;
-            self.unet = UNet::new(vb.pp(UNET_PREFIX), &self.unet_cfg).map_err(model_err)?;
+            let rebuilt = (|| {
+                Ok::<_, ModelError>((
+                    ClipTextModel::load(vb.pp(TE1_PREFIX), &self.te1_cfg)?,
+                    ClipTextModel::load(vb.pp(TE2_PREFIX), &self.te2_cfg)?,
+                    UNet::new(vb.pp(UNET_PREFIX), &self.unet_cfg)?,
+                ))
+            })();
+            let (te1, te2, unet) = match rebuilt {
+                Ok(m) => m,
+                Err(e) => {
+                    rt.mark_dirty();
+                    return Err(model_err(e));
+                }
+            };
+            (self.te1, self.te2, self.unet) = (te1, te2, unet);
             tracing::info!(
                 loras = ?prepared.active,
                 switch_s = prepared.stats.seconds,
