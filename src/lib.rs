@@ -6,6 +6,7 @@ pub mod config;
 pub mod fetch;
 pub mod handler;
 pub mod image;
+pub mod lora;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;

@@ -95,6 +95,7 @@ fn request(c: &serde_json::Value) -> GenerateRequest {
         schedule,
         seed: c["seed"].as_u64().unwrap(),
         num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
+        loras: Vec::new(),
     }
 }
 
@@ -309,6 +310,8 @@ fn synthetic_weights_generate_finite_images() {
         device: DeviceSpec::Cpu,
         dtype: DTypeArg::F32,
         vae_dtype: DTypeArg::F32,
+        loras: Vec::new(),
+        lora_keep_originals: None,
     })
     .unwrap();
     let mut req = request(case("m_euler_128x128_nolora_s0_n8"));
@@ -347,6 +350,8 @@ fn half_precision_pipeline_runs() {
             device: DeviceSpec::Cpu,
             dtype,
             vae_dtype,
+            loras: Vec::new(),
+            lora_keep_originals: None,
         })
         .unwrap();
         let out = p.generate(&req, &mut |_| {}, &|| false).unwrap();

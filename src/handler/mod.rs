@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::fetch::{ResolvedModel, ResolvedModels};
+use crate::fetch::{ModelKind, ResolvedModel, ResolvedModels};
 use crate::image::infotext::Infotext;
+use crate::lora::{extract_prompt_loras, LoraEntry};
 use crate::pipeline::{
     Engine, EngineArgs, EngineError, EngineHandle, GenerateRequest, PipelineConfig, PipelineError,
 };
@@ -70,6 +71,14 @@ impl SdxlHandler {
         };
         let mut config = PipelineConfig::new(&checkpoint.path, args).map_err(load_err)?;
         config.vae = models.vae().map(|v| v.path.clone());
+        config.loras = models
+            .loras()
+            .map(|m| LoraEntry {
+                name: m.name.clone(),
+                path: m.path.clone(),
+                default_weight: f64::from(m.default_weight.unwrap_or(1.0)),
+            })
+            .collect();
         let engine = tokio::task::spawn_blocking(move || Engine::start(config))
             .await
             .map_err(|e| LoadError::Join(e.to_string()))?
@@ -108,11 +117,14 @@ impl SdxlHandler {
                 ));
             }
         }
-        if !input.loras.is_empty() {
-            errors.push(
-                "field `loras`: LoRAs are not applied by this worker version (allowed: [])"
-                    .to_string(),
-            );
+        for (i, l) in input.loras.iter().enumerate() {
+            if self.models.find(ModelKind::Lora, &l.name).is_none() {
+                let available: Vec<&str> = self.models.loras().map(|m| m.name.as_str()).collect();
+                errors.push(format!(
+                    "field `loras[{i}].name`: {:?} is not in models.toml (allowed: {available:?})",
+                    l.name
+                ));
+            }
         }
         // A1111 leaves SDXL on the penultimate CLIP layer for clip skip 1 and 2 alike
         // (formats.md 2.4), so both give the same image here too.
@@ -142,6 +154,37 @@ impl SdxlHandler {
                             "modelName": self.checkpoint.name})]
             })
             .unwrap_or_default();
+        // LoRAs of the request list and of `<lora:…>` prompt tags (kept in the prompt text,
+        // as A1111 writes them), so Civitai recognises the resources.
+        let mut resources = resources;
+        let mut lora_hashes = Vec::new();
+        let tags = extract_prompt_loras(&input.prompt)
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        let used = input
+            .loras
+            .iter()
+            .map(|l| (l.name.as_str(), l.weight))
+            .chain(tags.iter().map(|t| (t.name.as_str(), t.weight)));
+        for (name, weight) in used {
+            let Some(m) = self.models.find(ModelKind::Lora, name) else {
+                continue;
+            };
+            if lora_hashes
+                .iter()
+                .any(|(n, _): &(String, String)| n == &m.name)
+            {
+                continue;
+            }
+            if let Some(h) = &m.autov3 {
+                lora_hashes.push((m.name.clone(), h.to_ascii_lowercase()));
+            }
+            if let Some(c) = &m.civitai {
+                let w = weight.unwrap_or(f64::from(m.default_weight.unwrap_or(1.0)));
+                resources.push(json!({"type": "lora", "weight": w,
+                                      "modelVersionId": c.version_id, "modelName": m.name}));
+            }
+        }
         Infotext {
             prompt: input.prompt.clone(),
             negative_prompt: input.negative_prompt.clone(),
@@ -155,7 +198,7 @@ impl SdxlHandler {
             model_hash: Some(self.checkpoint.autov2.to_ascii_lowercase()),
             model,
             clip_skip: input.clip_skip,
-            lora_hashes: Vec::new(),
+            lora_hashes,
             version: VERSION.to_string(),
             civitai_resources: resources,
         }
@@ -207,6 +250,11 @@ impl Handler for SdxlHandler {
             schedule,
             seed,
             num_images: input.num_images,
+            loras: input
+                .loras
+                .iter()
+                .map(|l| (l.name.clone(), l.weight, l.clip_weight))
+                .collect(),
         };
         let progress_ctx = ctx.clone();
         let output = self

@@ -110,6 +110,7 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
         schedule,
         seed: 0,
         num_images: 1,
+        loras: Vec::new(),
     };
     request.validate()?;
 

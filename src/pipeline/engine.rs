@@ -52,7 +52,7 @@ pub struct Engine;
 pub(crate) trait Generator {
     fn info(&self) -> &LoadInfo;
     fn generate(
-        &self,
+        &mut self,
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
@@ -64,12 +64,12 @@ impl Generator for SdxlPipeline {
         SdxlPipeline::info(self)
     }
     fn generate(
-        &self,
+        &mut self,
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
-        SdxlPipeline::generate(self, req, progress, cancelled)
+        SdxlPipeline::generate_with_loras(self, req, progress, cancelled)
     }
 }
 
@@ -102,7 +102,7 @@ impl Engine {
                         panic_message(&*p)
                     )))
                 });
-                let pipeline = match loaded {
+                let mut pipeline = match loaded {
                     Ok(p) => {
                         let _ = ready_tx.send(Ok(p.info().clone()));
                         p
@@ -113,7 +113,7 @@ impl Engine {
                     }
                 };
                 drop(ready_tx);
-                serve(&pipeline, rx);
+                serve(&mut pipeline, rx);
             })
             .map_err(|e| PipelineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
         match ready_rx.recv() {
@@ -133,7 +133,7 @@ impl Engine {
     }
 }
 
-fn serve<G: Generator>(pipeline: &G, rx: mpsc::Receiver<Job>) {
+fn serve<G: Generator>(pipeline: &mut G, rx: mpsc::Receiver<Job>) {
     // Ends when every handle is dropped.
     while let Ok(job) = rx.recv() {
         let Job {
@@ -260,7 +260,7 @@ mod tests {
             &self.0
         }
         fn generate(
-            &self,
+            &mut self,
             req: &GenerateRequest,
             progress: &mut dyn FnMut(Progress),
             cancelled: &dyn Fn() -> bool,
@@ -315,6 +315,7 @@ mod tests {
             schedule: SigmaSchedule::Default,
             seed,
             num_images: 1,
+            loras: Vec::new(),
         }
     }
 

@@ -35,6 +35,11 @@ pub struct EngineArgs {
     /// VAE overflows in f16; any decode that yields NaN/inf in a half type is redone in f32.
     #[arg(long, env = "VAE_DTYPE", value_enum, default_value_t = DTypeArg::Auto)]
     pub vae_dtype: DTypeArg,
+    /// Keep the original value of every weight a LoRA patches in device memory (`true`), or
+    /// re-read it from the checkpoint file at each switch (`false`). Unset: keep on a GPU,
+    /// where it saves a host-to-device copy per switch, re-read on the CPU.
+    #[arg(long, env = "LORA_KEEP_ORIGINALS")]
+    pub lora_keep_originals: Option<bool>,
 }
 
 impl Default for EngineArgs {
@@ -43,6 +48,7 @@ impl Default for EngineArgs {
             device: "auto".into(),
             dtype: DTypeArg::Auto,
             vae_dtype: DTypeArg::Auto,
+            lora_keep_originals: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `StableDiffusionXLPipeline` (fixtures README, "What a reference case does").
 
 use super::{device_name, dtype_name, DTypeArg, DeviceSpec, EngineArgs};
+use crate::lora::{LoraEntry, LoraError, LoraLibrary, LoraRuntime, RequestedLora};
 use crate::model::clip::{ClipKind, ClipTextConfig, ClipTextModel, SDXL_LAYERS_FROM_END};
 use crate::model::unet::{time_ids_embedding, UNet, UNetConfig, TIME_ID_DIM};
 use crate::model::vae::{Vae, VaeConfig};
@@ -65,6 +66,10 @@ pub enum PipelineError {
     Candle(#[from] candle_core::Error),
     #[error("model computation failed: {0}")]
     Compute(#[from] ModelError),
+    /// A LoRA that cannot be loaded, or a request naming an unknown LoRA (boxed: it is
+    /// large and rare).
+    #[error(transparent)]
+    Lora(Box<LoraError>),
     #[error("{0}")]
     Internal(String),
 }
@@ -77,6 +82,7 @@ impl PipelineError {
                 "model_load_error"
             }
             Self::Config(_) => "config_error",
+            Self::Lora(e) => e.error_type(),
             Self::InvalidRequest(_) => "invalid_input",
             Self::Cancelled => "cancelled",
             Self::Prompt(_) => "invalid_prompt",
@@ -84,6 +90,12 @@ impl PipelineError {
                 "generation_error"
             }
         }
+    }
+}
+
+impl From<LoraError> for PipelineError {
+    fn from(e: LoraError) -> Self {
+        Self::Lora(Box::new(e))
     }
 }
 
@@ -106,6 +118,10 @@ pub struct PipelineConfig {
     pub device: DeviceSpec,
     pub dtype: DTypeArg,
     pub vae_dtype: DTypeArg,
+    /// The LoRAs of `models.toml`, loaded with the checkpoint and kept in host memory.
+    pub loras: Vec<LoraEntry>,
+    /// `--lora-keep-originals`; `None` = keep on a GPU, re-read on the CPU.
+    pub lora_keep_originals: Option<bool>,
 }
 
 impl PipelineConfig {
@@ -117,6 +133,8 @@ impl PipelineConfig {
             device: args.device.parse()?,
             dtype: args.dtype,
             vae_dtype: args.vae_dtype,
+            loras: Vec::new(),
+            lora_keep_originals: args.lora_keep_originals,
         })
     }
 
@@ -128,6 +146,8 @@ impl PipelineConfig {
             device: DeviceSpec::Cpu,
             dtype: DTypeArg::F32,
             vae_dtype: DTypeArg::F32,
+            loras: Vec::new(),
+            lora_keep_originals: None,
         }
     }
 }
@@ -186,6 +206,9 @@ pub struct GenerateRequest {
     /// Image `i` uses seed `seed + i` (its own generator), as A1111 does.
     pub seed: u64,
     pub num_images: u32,
+    /// LoRAs `(name, weight, clip_weight)` from the request's `loras` list; `<lora:…>` tags
+    /// in the prompt add to them. Applied by [`SdxlPipeline::generate_with_loras`].
+    pub loras: Vec<RequestedLora>,
 }
 
 impl GenerateRequest {
@@ -279,6 +302,13 @@ pub struct SdxlPipeline {
     te1: ClipTextModel,
     te2: ClipTextModel,
     unet: UNet,
+    /// Configurations to rebuild the text encoders and UNet after a LoRA switch.
+    te1_cfg: ClipTextConfig,
+    te2_cfg: ClipTextConfig,
+    unet_cfg: UNetConfig,
+    /// LoRA library, merged set and the resident weights the models are built from; `None`
+    /// for synthetic weights.
+    loras: Option<LoraRuntime>,
     vae: Vae,
     /// An f32 copy of the VAE when `vae` is half precision, for the NaN retry.
     vae_f32: Option<Vae>,
@@ -388,7 +418,29 @@ impl SdxlPipeline {
         let unet_cfg = UNetConfig::infer(shapes, UNET_PREFIX).map_err(model_err)?;
         check_conditioning_widths(&path, &te1_cfg, &te2_cfg, &unet_cfg)?;
 
-        let vb = source.vb(dtype, &device);
+        // With a checkpoint file the text encoders and UNet are built from a resident store,
+        // so that LoRA switches can replace single weights and rebuild the models cheaply.
+        let loras = match &source {
+            Source::File(ckpt) => {
+                let library = LoraLibrary::load(&cfg.loras, shapes)?;
+                let base = ckpt.var_builder(dtype, &device);
+                if cfg.lora_keep_originals.unwrap_or(!device.is_cpu()) {
+                    Some(LoraRuntime::keeping_originals(library, base))
+                } else {
+                    Some(LoraRuntime::new(library, base))
+                }
+            }
+            Source::Synthetic(_) if cfg.loras.is_empty() => None,
+            Source::Synthetic(_) => {
+                return Err(PipelineError::Config(
+                    "LoRAs need a checkpoint file, not synthetic weights".into(),
+                ))
+            }
+        };
+        let vb = match &loras {
+            Some(rt) => rt.var_builder(dtype, &device),
+            None => source.vb(dtype, &device),
+        };
         let t = Instant::now();
         let te1 = ClipTextModel::load(vb.pp(TE1_PREFIX), &te1_cfg).map_err(model_err)?;
         let te2 = ClipTextModel::load(vb.pp(TE2_PREFIX), &te2_cfg).map_err(model_err)?;
@@ -438,6 +490,10 @@ impl SdxlPipeline {
             te1,
             te2,
             unet,
+            te1_cfg,
+            te2_cfg,
+            unet_cfg,
+            loras,
             vae,
             vae_f32,
             arch,
@@ -526,7 +582,68 @@ impl SdxlPipeline {
         })
     }
 
-    /// Runs one request: encode, denoise each image from its own generator, decode.
+    /// Merges the request's LoRA set (its `loras` list and the prompt's `<lora:…>` tags)
+    /// into the weights, rebuilding the text encoders and UNet from the resident store when
+    /// anything changed, and returns the request with the tags removed from its prompt.
+    pub fn apply_loras(&mut self, req: &GenerateRequest) -> Result<GenerateRequest, PipelineError> {
+        let Some(rt) = self.loras.as_mut() else {
+            if !req.loras.is_empty() {
+                return Err(PipelineError::Config(
+                    "LoRAs need a checkpoint file, not synthetic weights".into(),
+                ));
+            }
+            return Ok(req.clone());
+        };
+        let prepared = rt.prepare(&req.loras, &req.prompt)?;
+        if prepared.changed {
+            let t = Instant::now();
+            let model_err = |source: ModelError| PipelineError::Model {
+                path: self.info.checkpoint.clone(),
+                source,
+            };
+            let vb = rt.var_builder(self.unet.dtype(), &self.device);
+            let rebuilt = (|| {
+                Ok::<_, ModelError>((
+                    ClipTextModel::load(vb.pp(TE1_PREFIX), &self.te1_cfg)?,
+                    ClipTextModel::load(vb.pp(TE2_PREFIX), &self.te2_cfg)?,
+                    UNet::new(vb.pp(UNET_PREFIX), &self.unet_cfg)?,
+                ))
+            })();
+            let (te1, te2, unet) = match rebuilt {
+                Ok(m) => m,
+                Err(e) => {
+                    rt.mark_dirty();
+                    return Err(model_err(e));
+                }
+            };
+            (self.te1, self.te2, self.unet) = (te1, te2, unet);
+            tracing::info!(
+                loras = ?prepared.active,
+                switch_s = prepared.stats.seconds,
+                total_s = t.elapsed().as_secs_f64() + prepared.stats.seconds,
+                "LoRA set switched"
+            );
+        }
+        Ok(GenerateRequest {
+            prompt: prepared.prompt,
+            ..req.clone()
+        })
+    }
+
+    /// [`apply_loras`](Self::apply_loras), then [`generate`](Self::generate).
+    pub fn generate_with_loras(
+        &mut self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GenerateOutput, PipelineError> {
+        req.validate()?;
+        let req = self.apply_loras(req)?;
+        self.generate(&req, progress, cancelled)
+    }
+
+    /// Runs one request: encode, denoise each image from its own generator, decode. LoRAs
+    /// and prompt tags are not applied here (see [`generate_with_loras`](Self::generate_with_loras)).
     pub fn generate(
         &self,
         req: &GenerateRequest,
