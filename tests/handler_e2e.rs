@@ -29,6 +29,7 @@ fn engine_args() -> EngineArgs {
         device: "cpu".into(),
         dtype: sdxl_worker::pipeline::DTypeArg::F32,
         vae_dtype: sdxl_worker::pipeline::DTypeArg::F32,
+        lora_keep_originals: None,
     }
 }
 
@@ -128,7 +129,14 @@ fn case_input(id: &str) -> Value {
         "ddim" => "DDIM",
         other => panic!("no label for {other}"),
     };
+    // The fixture models.toml names the fp16 kohya LoRA the references use "mini-lora".
+    let loras = match case["lora"].as_str() {
+        Some("m") => json!([{"name": "mini-lora", "weight": case["lora_scale"]}]),
+        None => json!([]),
+        Some(other) => panic!("no models.toml entry for LoRA {other}"),
+    };
     json!({
+        "loras": loras,
         "prompt": case["prompt"],
         "negative_prompt": case["negative_prompt"],
         "width": case["width"],
@@ -145,6 +153,7 @@ fn serverless_jobs_match_diffusers_and_malformed_inputs_fail_cleanly() {
     let api = MockJobApi::start();
     let cases = [
         "m_euler_a_192x128_nolora_s1234_n8",
+        "m_ddim_128x128_lora0.6_s7_n8",
         "m_dpmpp_2m_karras_128x128_nolora_s0_n8",
     ];
     for id in cases {
@@ -155,7 +164,7 @@ fn serverless_jobs_match_diffusers_and_malformed_inputs_fail_cleanly() {
         api.push_job(&format!("bad-{n}"), input.clone());
     }
     // After all the bad ones, the worker must still serve a valid job.
-    api.push_job("after", case_input(cases[1]));
+    api.push_job("after", case_input(cases[2]));
 
     let shutdown = CancellationToken::new();
     let worker = spawn_worker(&api, shutdown.clone());
@@ -164,7 +173,7 @@ fn serverless_jobs_match_diffusers_and_malformed_inputs_fail_cleanly() {
         let body = final_result(&api, id);
         let out = &body["output"];
         assert!(body.get("error").is_none(), "{id}: {body}");
-        let case = if id == "after" { cases[1] } else { id };
+        let case = if id == "after" { cases[2] } else { id };
         let images = out["images"].as_array().unwrap();
         assert_eq!(images.len(), 1);
         assert_eq!(out["image_url"], images[0]);

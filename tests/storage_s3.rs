@@ -381,6 +381,7 @@ async fn handler_uploads_images_and_returns_presigned_urls() {
         device: "cpu".into(),
         dtype: sdxl_worker::pipeline::DTypeArg::F32,
         vae_dtype: sdxl_worker::pipeline::DTypeArg::F32,
+        lora_keep_originals: None,
     };
     let handler = SdxlHandler::load(models, &engine, Some(Arc::new(bucket)))
         .await

@@ -172,11 +172,16 @@ impl Checkpoint {
         let mut head = [0u8; 16];
         let got = read_up_to(&mut file, &mut head).map_err(io)?;
         let head = &head[..got];
-        if let Some(what) = sniff_other_format(head) {
-            return Err(WeightsError::NotSafetensors {
-                path,
-                what: what.to_string(),
-            });
+        // A safetensors header starts with `{` at byte 8; only files that don't are sniffed,
+        // since a valid header length can begin with bytes that look like a pickle (0x80 0x02).
+        let header_starts = got > 8 && head[8] == b'{';
+        if !header_starts {
+            if let Some(what) = sniff_other_format(head) {
+                return Err(WeightsError::NotSafetensors {
+                    path,
+                    what: what.to_string(),
+                });
+            }
         }
         if file_len < 8 {
             return Err(WeightsError::Truncated {
@@ -556,6 +561,19 @@ mod tests {
         assert_eq!(b, vec![vec![3.0]]);
         assert!(vb.get(2, "b").is_err());
         assert!(vb.get(2, "zzz").is_err());
+    }
+
+    #[test]
+    fn header_lengths_that_look_like_a_pickle_are_accepted() {
+        // 0x0280 = 640: the length's first bytes are 0x80 0x02, a pickle's magic.
+        let dir = tempfile::tempdir().unwrap();
+        let body = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let h = format!("{body:<640}");
+        let p = write_st(dir.path(), &h, &[0; 4]);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[..2], &[0x80, 0x02]);
+        let c = Checkpoint::open(&p).unwrap();
+        assert_eq!(c.shapes()["a"], vec![1]);
     }
 
     #[test]
