@@ -6,7 +6,7 @@
 #   both:      1024x1024, 30 steps, DPM++ 2M Karras, CFG 5, batch 1, one warm-up image first
 #
 # Writes ours.json, diffusers.json, summary.json (ratio ours/diffusers seconds per image; the
-# target is <= 0.8), logs, nvidia-smi and ldd output into $OUT (default ./gpu-check-out).
+# target is <= 0.8), logs, nvidia-smi and ldd output into $OUT (default /tmp/sdxl-gpu-check).
 # Expects .cache/gpu-carry/ from scripts/prepare-gpu-carry.sh (the binary and the diffusers/
 # transformers wheels, installed only where the machine lacks them), PyTorch with CUDA on the
 # machine, and the NVIDIA CUDA 13 user-space libraries as pip packages (nvidia/cu13/lib) or on
@@ -14,7 +14,7 @@
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 1
-out="${OUT:-$repo/gpu-check-out}"
+out="${OUT:-/tmp/sdxl-gpu-check}"
 mkdir -p "$out"
 carry="$repo/.cache/gpu-carry"
 bin="${SDXL_WORKER_BIN:-$carry/sdxl-worker}"
