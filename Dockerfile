@@ -1,14 +1,15 @@
-# syntax=docker/dockerfile:1.7
-#
 # sdxl-worker image for RunPod serverless (linux/amd64). See README "Deploy on RunPod".
 #
 #   docker build --platform linux/amd64 -t sdxl-worker .
-#   docker build --platform linux/amd64 --build-arg BAKE_MODELS=1 \
-#       --secret id=civitai_token,env=CIVITAI_TOKEN -t sdxl-worker:baked .
 #
 # Stages: chef (CUDA devel + Rust + cargo-chef) -> planner (dependency recipe) -> builder
 # (dependencies in their own cached layer, then the worker) -> runtime (CUDA base image + the
-# binary + only the CUDA libraries it links) -> optionally the models baked in.
+# binary + only the CUDA libraries it links).
+#
+# Deliberately plain Dockerfile syntax (no BuildKit-only RUN --mount, no build-arg-selected
+# stages): RunPod's GitHub integration builds this file and does not document which builder or
+# build arguments it supports. Baking models into the image (which needs a build secret for the
+# Civitai key) is the separate Dockerfile.bake, layered on top of this image.
 
 # CUDA 12.4: its PTX and libraries run on every RunPod host with driver >= 550 (CUDA 12.4 - 13.x),
 # which is most of the fleet. 13.0.1 also works (set both here and allowedCudaVersions) but
@@ -17,8 +18,6 @@ ARG CUDA_VERSION=12.4.1
 ARG UBUNTU_VERSION=22.04
 # "" for the default build; "cudnn-" together with CARGO_FEATURES=cudnn for cuDNN convolutions.
 ARG CUDNN_FLAVOR=""
-# 1: download everything in models.toml into the image (see the bake stage below).
-ARG BAKE_MODELS=0
 
 FROM nvidia/cuda:${CUDA_VERSION}-${CUDNN_FLAVOR}devel-ubuntu${UBUNTU_VERSION} AS chef
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -62,19 +61,6 @@ RUN CUDAFORGE_THREADS="$(nproc)" cargo build --release --locked --features "${CA
  && install -m 0755 target/release/sdxl-worker /usr/local/bin/sdxl-worker \
  && scripts/collect-cuda-libs.sh /usr/local/bin/sdxl-worker /opt/sdxl-worker/lib
 
-# Runs `sdxl-worker --prefetch-only` to download models.toml into the image. Only built when
-# BAKE_MODELS=1. The Civitai key comes from a build secret (never an ARG/ENV, so it is in no
-# layer and no image history): --secret id=civitai_token,env=CIVITAI_TOKEN
-FROM builder AS bake
-RUN --mount=type=secret,id=civitai_token,required=false \
-    mkdir -p /tmp/libcuda-stub \
- && ln -s /usr/local/cuda/lib64/stubs/libcuda.so /tmp/libcuda-stub/libcuda.so.1 \
- && if [ -s /run/secrets/civitai_token ]; then CIVITAI_TOKEN="$(cat /run/secrets/civitai_token)"; export CIVITAI_TOKEN; fi \
- && LD_LIBRARY_PATH="/tmp/libcuda-stub:${LD_LIBRARY_PATH:-}" \
-    MODEL_CACHE_DIR=/opt/sdxl-worker/models \
-    sdxl-worker --prefetch-only --models /src/models.toml \
- && rm -rf /tmp/libcuda-stub
-
 # The base image has libcudart and the driver hooks; the other libraries the binary links
 # (cuBLAS/cuBLASLt, cuRAND, cuDNN with CARGO_FEATURES=cudnn) are copied from the builder.
 FROM nvidia/cuda:${CUDA_VERSION}-base-ubuntu${UBUNTU_VERSION} AS runtime
@@ -100,13 +86,3 @@ ENV LD_LIBRARY_PATH=/opt/sdxl-worker/lib:/usr/local/nvidia/lib:/usr/local/nvidia
     RUST_LOG=info
 ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]
 CMD ["sdxl-worker"]
-
-FROM runtime AS final-0
-
-FROM runtime AS final-1
-COPY --from=bake --chown=sdxl:sdxl /opt/sdxl-worker/models /opt/sdxl-worker/models
-ENV MODEL_CACHE_DIR=/opt/sdxl-worker/models
-
-# Selects final-0 or final-1; BuildKit skips the stages the chosen one does not need.
-# hadolint ignore=DL3006
-FROM final-${BAKE_MODELS}

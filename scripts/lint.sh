@@ -27,8 +27,8 @@ export PATH="$venv/bin:$PATH"
 
 cd "$repo"
 status=0
-echo "== hadolint Dockerfile ($(hadolint --version | head -1))"
-hadolint --no-color --failure-threshold style Dockerfile || status=1
+echo "== hadolint Dockerfile Dockerfile.bake ($(hadolint --version | head -1))"
+hadolint --no-color --failure-threshold style Dockerfile Dockerfile.bake || status=1
 
 echo "== actionlint .github/workflows ($(actionlint --version | head -1))"
 actionlint -no-color .github/workflows/*.yml || status=1
