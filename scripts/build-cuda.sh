@@ -6,7 +6,7 @@
 # plus a link-only `libcuda.so` stub, because candle links libcuda dynamically and the driver
 # library does not exist on a build machine. Then it runs exactly:
 #
-#     cargo build --release --features cuda        (or --features cudnn with --cudnn)
+#     cargo build --release --locked --features cuda      (or --features cudnn with --cudnn)
 #
 # which is the same command the Dockerfile's builder stage runs.
 #
@@ -149,7 +149,7 @@ log "toolkit: $("$toolkit/bin/nvcc" --version | tail -1)"
 cd "$repo"
 log "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP features=$features target=${CARGO_TARGET_DIR:-$repo/target}"
 start=$(date +%s)
-cargo build --release --features "$features" "${extra[@]}"
+cargo build --release --locked --features "$features" "${extra[@]}"
 end=$(date +%s)
 
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/sdxl-worker"
