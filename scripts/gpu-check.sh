@@ -23,6 +23,8 @@ size="${GPU_CHECK_SIZE:-1024}"
 images="${GPU_CHECK_IMAGES:-3}"
 limit="${GPU_CHECK_TIMEOUT:-300}"
 py="${PYTHON:-python3}"
+# `bench` for sdxl-worker; empty for a stand-alone bench binary (cargo's `--example bench`).
+sub="${GPU_CHECK_BENCH_SUBCOMMAND-bench}"
 log() { echo "gpu-check: $*" | tee -a "$out/gpu-check.log" >&2; }
 
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || log "nvidia-smi failed"
@@ -52,9 +54,10 @@ else
   if grep -q 'not found' "$out/ldd.txt"; then
     log "missing libraries: $(grep 'not found' "$out/ldd.txt" | awk '{print $1}' | tr '\n' ' ')"
   else
-    log "ours: $bin bench --synthetic sdxl ${size}x${size} ${steps} steps"
+    log "ours: $bin $sub --synthetic sdxl ${size}x${size} ${steps} steps"
     start=$(date +%s%N)
-    if timeout "$limit" "$bin" bench --synthetic sdxl --width "$size" --height "$size" \
+    # shellcheck disable=SC2086 # $sub is empty or one word
+    if timeout "$limit" "$bin" $sub --synthetic sdxl --width "$size" --height "$size" \
         --steps "$steps" --sampler dpmpp_2m_karras --guidance 5 --images $((images + 1)) \
         > "$out/ours.json" 2> "$out/ours.log"; then
       ours_ok=1
