@@ -31,8 +31,12 @@ from transformers import (  # noqa: E402
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
-    CLIPTokenizerFast,
 )
+
+try:  # transformers 4.x; 5.x may only keep the generic fast tokenizer
+    from transformers import CLIPTokenizerFast as Tokenizer
+except ImportError:  # pragma: no cover
+    from transformers import PreTrainedTokenizerFast as Tokenizer
 
 T_IMPORTS = time.perf_counter()
 
@@ -98,7 +102,7 @@ SCHEDULER = dict(
 
 
 def tokenizer(path, pad):
-    return CLIPTokenizerFast(
+    return Tokenizer(
         tokenizer_file=path,
         bos_token="<|startoftext|>",
         eos_token="<|endoftext|>",
@@ -145,6 +149,7 @@ def main():
         tokenizer_2=tokenizer(os.path.join(args.tokenizers, "tokenizer_2/tokenizer.json"), "!"),
         unet=unet,
         scheduler=scheduler,
+        add_watermarker=False,  # ours adds none; keep the work identical
     )
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.set_progress_bar_config(disable=True)
