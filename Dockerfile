@@ -79,7 +79,7 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin sdx
  && rm /tmp/ldd.txt \
  && if [ -n "$missing" ]; then echo "missing libraries: $missing" >&2; exit 1; fi
 WORKDIR /app
-COPY --chown=sdxl:sdxl models.toml test_input.json /app/
+COPY --chown=sdxl:sdxl models.toml test_input.json .runpod/models-hub.toml /app/
 ENV LD_LIBRARY_PATH=/opt/sdxl-worker/lib:/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
     MODELS_TOML=/app/models.toml \
     CUDA_CACHE_MAXSIZE=1073741824 \

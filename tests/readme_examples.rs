@@ -74,6 +74,7 @@ fn readme_and_shipped_manifests_parse() {
         .iter()
         .any(|e| e.kind == sdxl_worker::fetch::ModelKind::Checkpoint));
     Manifest::load(root().join("tests/fixtures/models.toml")).unwrap();
+    Manifest::load(root().join(".runpod/models-hub.toml")).unwrap();
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let examples = blocks(&readme, "toml");
     assert!(

@@ -350,7 +350,10 @@ async fn prefetch_inner(
         civitai: CivitaiClient::new(
             api,
             args.civitai_base_url.clone(),
-            args.civitai_token.clone(),
+            // RunPod templates often pass an unset secret as an empty string: treat it as none.
+            args.civitai_token
+                .clone()
+                .filter(|t| !t.expose().trim().is_empty()),
             opts.clone(),
         ),
         data,
