@@ -307,6 +307,10 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
         ),
         (json!({"prompt": "a", "loras": "detail"}), "field `loras`"),
         (
+            json!({"prompt": "a", "loras": [{"name": "nope"}]}),
+            "not in models.toml",
+        ),
+        (
             json!({"prompt": "a", "loras": [{"weight": 1}]}),
             "loras[0].name",
         ),

@@ -392,3 +392,22 @@ fn half_precision_pipeline_runs() {
         assert_eq!(timings.vae_f32_retry, vae_dtype == DTypeArg::F16);
     }
 }
+
+/// A job whose latents or pixels go NaN fails with its own error type instead of returning a
+/// black image.
+#[test]
+fn non_finite_latents_fail_the_job() {
+    let p = pipeline();
+    let mut timings = sdxl_worker::pipeline::Timings::default();
+    let nan = candle_core::Tensor::full(f32::NAN, (1, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let err = p.decode(&nan, &mut timings).unwrap_err();
+    assert_eq!(err.error_type(), "non_finite_output");
+    assert!(err.to_string().contains("NaN/inf latents"), "{err}");
+    let ok = candle_core::Tensor::zeros(
+        (1, 4, 8, 8),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(p.decode(&ok, &mut timings).unwrap().dims(), &[1, 3, 64, 64]);
+}

@@ -72,6 +72,10 @@ pub enum PipelineError {
     Lora(Box<LoraError>),
     #[error("{0}")]
     Internal(String),
+    /// The sampler or the VAE produced NaN/inf: the job fails instead of returning a black
+    /// or noise image.
+    #[error("{0}")]
+    NonFinite(String),
 }
 
 impl PipelineError {
@@ -86,11 +90,22 @@ impl PipelineError {
             Self::InvalidRequest(_) => "invalid_input",
             Self::Cancelled => "cancelled",
             Self::Prompt(_) => "invalid_prompt",
+            Self::NonFinite(_) => "non_finite_output",
+            // CUDA reports CUDA_ERROR_OUT_OF_MEMORY through candle; the job's tensors are
+            // freed as the error unwinds, so the next job starts with the memory back.
+            Self::Candle(e) if is_out_of_memory(&e.to_string()) => "out_of_memory",
+            Self::Compute(e) if is_out_of_memory(&e.to_string()) => "out_of_memory",
             Self::Sampling(_) | Self::Candle(_) | Self::Compute(_) | Self::Internal(_) => {
                 "generation_error"
             }
         }
     }
+}
+
+/// Whether an error message is a device out-of-memory report.
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out_of_memory") || m.contains("out of memory")
 }
 
 impl From<LoraError> for PipelineError {
@@ -797,21 +812,55 @@ impl SdxlPipeline {
     /// Decodes latents `[N, C, h, w]` into f32 images `[N, 3, H, W]`. A half-precision VAE
     /// that produces NaN/inf is retried in f32 (the SDXL VAE overflows in f16).
     pub fn decode(&self, latents: &Tensor, timings: &mut Timings) -> Result<Tensor, PipelineError> {
+        if !all_finite(latents)? {
+            return Err(PipelineError::NonFinite(format!(
+                "the sampler produced NaN/inf latents (UNet in {}); try --dtype bf16 or f32, or a \
+                 lower guidance_scale",
+                self.info.dtype
+            )));
+        }
         let z = (latents / self.vae.scaling_factor())?;
         let out = self.vae.decode(&z)?;
+        if all_finite(&out)? {
+            return Ok(out);
+        }
         if let Some(vae32) = &self.vae_f32 {
-            // Any NaN or inf makes the sum non-finite; |x| ≤ ~10 keeps a finite sum far from
-            // overflow.
-            let sum = out.sum_all()?.to_scalar::<f32>()?;
-            if !sum.is_finite() {
-                tracing::warn!(
-                    "VAE produced non-finite values in {}; decoding again in f32",
-                    self.info.vae_dtype
-                );
-                timings.vae_f32_retry = true;
-                return Ok(vae32.decode(&z)?);
+            tracing::warn!(
+                "VAE produced non-finite values in {}; decoding again in f32",
+                self.info.vae_dtype
+            );
+            timings.vae_f32_retry = true;
+            let out = vae32.decode(&z)?;
+            if all_finite(&out)? {
+                return Ok(out);
             }
         }
-        Ok(out)
+        Err(PipelineError::NonFinite(
+            "the VAE produced NaN/inf pixels, also in f32".into(),
+        ))
+    }
+}
+
+/// Whether a tensor holds no NaN/inf: any of them makes the sum non-finite, and decoded
+/// pixels and latents (|x| of order 10) are far from overflowing an f32 sum.
+fn all_finite(t: &Tensor) -> Result<bool, PipelineError> {
+    Ok(t.sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?
+        .is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_out_of_memory_has_its_own_error_type() {
+        let oom = PipelineError::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
+        assert_eq!(oom.error_type(), "out_of_memory");
+        let other = PipelineError::Candle(candle_core::Error::Msg("shape mismatch".into()));
+        assert_eq!(other.error_type(), "generation_error");
     }
 }
