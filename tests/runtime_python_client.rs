@@ -2,6 +2,7 @@
 //! `target/`) against the local endpoint API of `examples/echo_worker`. Fails, never
 //! skips, when Python or the package cannot be set up.
 
+mod pyenv;
 mod runtime_support;
 
 use std::path::{Path, PathBuf};
@@ -14,71 +15,13 @@ use runtime_support::{echo_worker, free_port};
 const RUNPOD_VERSION: &str = "1.12.0";
 const KEY: &str = "local-test-key";
 
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/<test exe>
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().to_path_buf()
-}
-
-fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) {
-        venv.join("Scripts").join("python.exe")
-    } else {
-        venv.join("bin").join("python")
-    }
-}
-
-fn has_pinned_runpod(python: &Path) -> bool {
-    Command::new(python)
-        .args([
-            "-c",
-            &format!("import runpod, sys; sys.exit(runpod.__version__ != '{RUNPOD_VERSION}')"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Creates (or reuses) `target/py-runpod` with `runpod==RUNPOD_VERSION`.
 fn ensure_venv() -> PathBuf {
-    let venv = target_dir().join("py-runpod");
-    let python = venv_python(&venv);
-    if has_pinned_runpod(&python) {
-        return python;
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .unwrap_or_else(|e| panic!("this test needs python3 (with the venv module) on PATH: {e}"));
-    assert!(
-        made.status.success(),
-        "python3 -m venv {} failed:\n{}",
-        venv.display(),
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let pip = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("runpod=={RUNPOD_VERSION}"))
-        .output()
-        .unwrap();
-    assert!(
-        pip.status.success(),
-        "pip install runpod=={RUNPOD_VERSION} failed (network access to PyPI is needed once):\n{}",
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    assert!(
-        has_pinned_runpod(&python),
-        "runpod {RUNPOD_VERSION} not importable after install"
-    );
-    python
+    pyenv::ensure_venv(
+        "py-runpod",
+        &format!("runpod=={RUNPOD_VERSION}"),
+        &format!("import runpod, sys; sys.exit(runpod.__version__ != '{RUNPOD_VERSION}')"),
+    )
 }
 
 /// A worker process that is killed when the test ends, pass or fail.

@@ -2,6 +2,7 @@
 //! configuration through the `BUCKET_*` flags, signed PUT, presigned GET serving the same
 //! bytes and content type, retries, and errors that never show a credential or signature.
 
+mod pyenv;
 mod storage_support;
 
 use std::time::{Duration, Instant};

@@ -35,38 +35,35 @@ pub fn encode(
         OutputFormat::Png => encode_png(img, parameters),
         OutputFormat::Jpeg => {
             let mut out = Vec::new();
-            let mut enc =
+            let enc =
                 image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
-            set_exif(&mut enc, parameters);
-            enc.write_image(
-                img.as_raw(),
-                img.width(),
-                img.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|source| EncodeError::Image {
-                format: "JPEG",
-                source,
-            })?;
+            write_with_exif(enc, img, parameters, "JPEG")?;
             Ok(out)
         }
         OutputFormat::Webp => {
             let mut out = Vec::new();
-            let mut enc = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
-            set_exif(&mut enc, parameters);
-            enc.write_image(
-                img.as_raw(),
-                img.width(),
-                img.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|source| EncodeError::Image {
-                format: "WebP",
-                source,
-            })?;
+            let enc = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+            write_with_exif(enc, img, parameters, "WebP")?;
             Ok(out)
         }
     }
+}
+
+/// Writes `img` with `parameters` in its EXIF `UserComment` (JPEG and WebP).
+fn write_with_exif(
+    mut enc: impl ImageEncoder,
+    img: &RgbImage,
+    parameters: &str,
+    format: &'static str,
+) -> Result<(), EncodeError> {
+    set_exif(&mut enc, parameters);
+    enc.write_image(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|source| EncodeError::Image { format, source })
 }
 
 fn set_exif(enc: &mut impl ImageEncoder, parameters: &str) {

@@ -7,83 +7,21 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+
 use std::time::{Duration, Instant};
 
 /// The moto release the tests are pinned to.
 pub const MOTO_VERSION: &str = "5.2.5";
 
-/// Only one test at a time may create the virtualenv.
-static VENV_LOCK: Mutex<()> = Mutex::new(());
-
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/<test exe>
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().to_path_buf()
-}
-
-fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) {
-        venv.join("Scripts").join("python.exe")
-    } else {
-        venv.join("bin").join("python")
-    }
-}
-
-fn has_pinned_moto(python: &Path) -> bool {
-    Command::new(python)
-        .args([
-            "-c",
-            &format!(
-                "import moto, moto.server, flask, sys; sys.exit(moto.__version__ != '{MOTO_VERSION}')"
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Creates (or reuses) `target/py-moto` with `moto[server]==MOTO_VERSION`.
 pub fn ensure_moto() -> PathBuf {
-    let _guard = VENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = target_dir().join("py-moto");
-    let python = venv_python(&venv);
-    if has_pinned_moto(&python) {
-        return python;
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .unwrap_or_else(|e| panic!("the storage tests need python3 (with venv) on PATH: {e}"));
-    assert!(
-        made.status.success(),
-        "python3 -m venv {} failed:\n{}",
-        venv.display(),
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let pip = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("moto[server]=={MOTO_VERSION}"))
-        .output()
-        .unwrap();
-    assert!(
-        pip.status.success(),
-        "pip install moto[server]=={MOTO_VERSION} failed (PyPI access is needed once):\n{}",
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    assert!(
-        has_pinned_moto(&python),
-        "moto {MOTO_VERSION} is not importable after install into {}",
-        venv.display()
-    );
-    python
+    crate::pyenv::ensure_venv(
+        "py-moto",
+        &format!("moto[server]=={MOTO_VERSION}"),
+        &format!(
+            "import moto, moto.server, flask, sys; sys.exit(moto.__version__ != '{MOTO_VERSION}')"
+        ),
+    )
 }
 
 pub fn free_port() -> u16 {
@@ -175,8 +113,9 @@ fn s3rver_installed(module: &Path) -> bool {
 
 /// Installs (or reuses) `s3rver@S3RVER_VERSION` under `target/js-s3rver`.
 pub fn ensure_s3rver() -> PathBuf {
-    let _guard = VENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let prefix = target_dir().join("js-s3rver");
+    static INSTALL_LOCK: Mutex<()> = Mutex::new(());
+    let _guard = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = crate::pyenv::target_dir().join("js-s3rver");
     let module = prefix.join("node_modules").join("s3rver");
     if s3rver_installed(&module) {
         return module;

@@ -1,0 +1,156 @@
+//! Shared pieces of the diffusers parity tests (no-LoRA and LoRA cases): the fixture
+//! manifest, reading `.npy` references, the tolerances and the comparisons.
+#![allow(dead_code)]
+
+use sdxl_worker::pipeline::{Conditioning, GenerateRequest};
+use sdxl_worker::sampling::SamplerKind;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Conditioning: max |a − b| / max |ref|.
+pub const EMBED_TOL: f32 = 1e-4;
+/// Final latents, same measure.
+pub const LATENT_TOL: f32 = 1e-3;
+/// PNG: share of channel values within 1/255 of the reference, and PSNR.
+pub const PIXEL_SHARE: f64 = 0.999;
+pub const MIN_PSNR_DB: f64 = 45.0;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn manifest() -> &'static serde_json::Value {
+    static M: OnceLock<serde_json::Value> = OnceLock::new();
+    M.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+pub fn case(id: &str) -> &'static serde_json::Value {
+    manifest()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("case {id} not in manifest"))
+}
+
+pub fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = f.shape().iter().map(|&d| d as usize).collect();
+    (shape, f.into_vec::<f32>().unwrap())
+}
+
+/// max |a − b| / max |reference|.
+pub fn rel_err(name: &str, got: &candle_core::Tensor, reference: &Path) -> f32 {
+    let (shape, want) = npy(reference);
+    assert_eq!(got.dims(), shape.as_slice(), "{name}: shape");
+    let got = got
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{name}: non-finite values"
+    );
+    // An all-zero reference (no negative prompt) must be matched exactly.
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
+}
+
+pub fn request(c: &serde_json::Value) -> GenerateRequest {
+    let (sampler, schedule) =
+        SamplerKind::parse_with_schedule(c["scheduler"].as_str().unwrap()).unwrap();
+    GenerateRequest {
+        prompt: c["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
+        width: c["width"].as_u64().unwrap() as u32,
+        height: c["height"].as_u64().unwrap() as u32,
+        steps: c["steps"].as_u64().unwrap() as u32,
+        guidance: c["guidance_scale"].as_f64().unwrap() as f32,
+        sampler,
+        schedule,
+        seed: c["seed"].as_u64().unwrap(),
+        num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
+        loras: Vec::new(),
+    }
+}
+
+pub fn check_conditioning(id: &str, dir: &Path, cond: &Conditioning) {
+    let checks: Vec<(&str, Option<&candle_core::Tensor>)> = vec![
+        ("prompt_embeds", Some(&cond.prompt_embeds)),
+        ("pooled_prompt_embeds", Some(&cond.pooled)),
+        ("add_time_ids", Some(&cond.time_ids)),
+        (
+            "negative_prompt_embeds",
+            cond.negative_prompt_embeds.as_ref(),
+        ),
+        (
+            "negative_pooled_prompt_embeds",
+            cond.negative_pooled.as_ref(),
+        ),
+        // diffusers' negative time ids equal the positive ones for txt2img.
+        (
+            "negative_add_time_ids",
+            cond.negative_prompt_embeds.as_ref().map(|_| &cond.time_ids),
+        ),
+    ];
+    for (name, got) in checks {
+        let file = dir.join(format!("{name}.npy"));
+        match got {
+            Some(t) => {
+                let e = rel_err(name, t, &file);
+                eprintln!("{id}: {name} rel err {e:.2e}");
+                assert!(e <= EMBED_TOL, "{id}: {name} rel err {e:e} > {EMBED_TOL:e}");
+            }
+            None => assert!(
+                !file.exists(),
+                "{id}: the reference has {name} but the pipeline built none"
+            ),
+        }
+    }
+}
+
+pub fn check_image(id: &str, got: &image::RgbImage, reference: &Path) {
+    let want = image::open(reference).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), want.dimensions(), "{id}: image size");
+    let (mut close, mut sq) = (0usize, 0f64);
+    for (a, b) in got.as_raw().iter().zip(want.as_raw()) {
+        let d = (*a as i32 - *b as i32).abs();
+        if d <= 1 {
+            close += 1;
+        }
+        sq += (d * d) as f64;
+    }
+    let n = want.as_raw().len();
+    let share = close as f64 / n as f64;
+    let mse = sq / n as f64;
+    let psnr = if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    };
+    eprintln!(
+        "{id}: {} within 1/255: {:.4}%, PSNR {psnr:.1} dB",
+        reference.file_name().unwrap().to_string_lossy(),
+        share * 100.0
+    );
+    assert!(
+        share >= PIXEL_SHARE,
+        "{id}: only {share} of values within 1/255"
+    );
+    assert!(psnr >= MIN_PSNR_DB, "{id}: PSNR {psnr} dB < {MIN_PSNR_DB}");
+}
