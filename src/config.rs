@@ -31,3 +31,34 @@ pub enum Command {
     /// synthetic full-size weights) and print them as JSON.
     Bench(crate::pipeline::bench::BenchArgs),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_flags_work_before_and_after_the_bench_subcommand() {
+        for argv in [
+            [
+                "sdxl-worker",
+                "--device",
+                "cpu",
+                "bench",
+                "--synthetic",
+                "mini",
+            ],
+            [
+                "sdxl-worker",
+                "bench",
+                "--synthetic",
+                "mini",
+                "--device",
+                "cpu",
+            ],
+        ] {
+            let c = Config::try_parse_from(argv).unwrap();
+            assert_eq!(c.engine.device, "cpu", "{argv:?}");
+            assert!(matches!(c.command, Some(Command::Bench(_))));
+        }
+    }
+}

@@ -25,20 +25,20 @@ use clap::{Args, ValueEnum};
 pub struct EngineArgs {
     /// Compute device: `auto` (the GPU when built with CUDA and one is present, else CPU),
     /// `cpu`, or `cuda:N`.
-    #[arg(long, env = "DEVICE", default_value = "auto")]
+    #[arg(long, env = "DEVICE", default_value = "auto", global = true)]
     pub device: String,
     /// Weight and activation dtype of the text encoders and the UNet: `auto` (f16 on a GPU,
     /// f32 on the CPU), `f32`, `f16` or `bf16`. Sampler math is always f32.
-    #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::Auto)]
+    #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::Auto, global = true)]
     pub dtype: DTypeArg,
     /// VAE dtype: `auto` (bf16 on a GPU, f32 on the CPU), `f32`, `f16` or `bf16`. The SDXL
     /// VAE overflows in f16; any decode that yields NaN/inf in a half type is redone in f32.
-    #[arg(long, env = "VAE_DTYPE", value_enum, default_value_t = DTypeArg::Auto)]
+    #[arg(long, env = "VAE_DTYPE", value_enum, default_value_t = DTypeArg::Auto, global = true)]
     pub vae_dtype: DTypeArg,
     /// Keep the original value of every weight a LoRA patches in device memory (`true`), or
     /// re-read it from the checkpoint file at each switch (`false`). Unset: keep on a GPU,
     /// where it saves a host-to-device copy per switch, re-read on the CPU.
-    #[arg(long, env = "LORA_KEEP_ORIGINALS")]
+    #[arg(long, env = "LORA_KEEP_ORIGINALS", global = true)]
     pub lora_keep_originals: Option<bool>,
 }
 
