@@ -67,28 +67,7 @@ fn run_case(id: &str, via: Via) {
     check_conditioning(id, &dir, &cond);
 
     let out = p.generate_with_loras(&req, &mut |_| {}, &|| false).unwrap();
-    let e = rel_err(
-        "final_latents",
-        &out.latents,
-        &dir.join("final_latents.npy"),
-    );
-    eprintln!("{id}: final_latents rel err {e:.2e}");
-    assert!(
-        e <= LATENT_TOL,
-        "{id}: final latents rel err {e:e} > {LATENT_TOL:e}"
-    );
-    let e = rel_err(
-        "image_float",
-        &out.image_float,
-        &dir.join("image_float.npy"),
-    );
-    eprintln!("{id}: image_float rel err {e:.2e}");
-    assert!(
-        e <= LATENT_TOL,
-        "{id}: decoded image rel err {e:e} > {LATENT_TOL:e}"
-    );
-    assert_eq!(out.images.len(), 1);
-    check_image(id, &out.images[0], &dir.join("image.png"));
+    check_output(id, &dir, &out, 1);
 }
 
 macro_rules! cases {

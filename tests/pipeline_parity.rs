@@ -38,36 +38,7 @@ fn run_case(id: &str) {
         steps_seen, req.steps,
         "{id}: progress reached the last step"
     );
-    let e = rel_err(
-        "final_latents",
-        &out.latents,
-        &dir.join("final_latents.npy"),
-    );
-    eprintln!("{id}: final_latents rel err {e:.2e}");
-    assert!(
-        e <= LATENT_TOL,
-        "{id}: final latents rel err {e:e} > {LATENT_TOL:e}"
-    );
-    let e = rel_err(
-        "image_float",
-        &out.image_float,
-        &dir.join("image_float.npy"),
-    );
-    eprintln!("{id}: image_float rel err {e:.2e}");
-    assert!(
-        e <= LATENT_TOL,
-        "{id}: decoded image rel err {e:e} > {LATENT_TOL:e}"
-    );
-
-    assert_eq!(out.images.len(), req.num_images as usize);
-    for (i, img) in out.images.iter().enumerate() {
-        let name = if i == 0 {
-            "image.png".to_string()
-        } else {
-            format!("image_{i}.png")
-        };
-        check_image(id, img, &dir.join(name));
-    }
+    check_output(id, &dir, &out, req.num_images as usize);
 }
 
 macro_rules! cases {

@@ -2,7 +2,7 @@
 //! manifest, reading `.npy` references, the tolerances and the comparisons.
 #![allow(dead_code)]
 
-use sdxl_worker::pipeline::{Conditioning, GenerateRequest};
+use sdxl_worker::pipeline::{Conditioning, GenerateOutput, GenerateRequest};
 use sdxl_worker::sampling::SamplerKind;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -153,4 +153,38 @@ pub fn check_image(id: &str, got: &image::RgbImage, reference: &Path) {
         "{id}: only {share} of values within 1/255"
     );
     assert!(psnr >= MIN_PSNR_DB, "{id}: PSNR {psnr} dB < {MIN_PSNR_DB}");
+}
+
+/// Final latents and decoded floats within [`LATENT_TOL`], then every PNG of the case
+/// (`image.png`, `image_1.png`, …) against its reference.
+pub fn check_output(id: &str, dir: &Path, out: &GenerateOutput, num_images: usize) {
+    let e = rel_err(
+        "final_latents",
+        &out.latents,
+        &dir.join("final_latents.npy"),
+    );
+    eprintln!("{id}: final_latents rel err {e:.2e}");
+    assert!(
+        e <= LATENT_TOL,
+        "{id}: final latents rel err {e:e} > {LATENT_TOL:e}"
+    );
+    let e = rel_err(
+        "image_float",
+        &out.image_float,
+        &dir.join("image_float.npy"),
+    );
+    eprintln!("{id}: image_float rel err {e:.2e}");
+    assert!(
+        e <= LATENT_TOL,
+        "{id}: decoded image rel err {e:e} > {LATENT_TOL:e}"
+    );
+    assert_eq!(out.images.len(), num_images);
+    for (i, img) in out.images.iter().enumerate() {
+        let name = if i == 0 {
+            "image.png".to_string()
+        } else {
+            format!("image_{i}.png")
+        };
+        check_image(id, img, &dir.join(name));
+    }
 }
