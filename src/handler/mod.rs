@@ -255,6 +255,7 @@ impl Handler for SdxlHandler {
                 .iter()
                 .map(|l| (l.name.clone(), l.weight, l.clip_weight))
                 .collect(),
+            ..GenerateRequest::default()
         };
         let progress_ctx = ctx.clone();
         let output = self

@@ -111,6 +111,7 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
         seed: 0,
         num_images: 1,
         loras: Vec::new(),
+        ..GenerateRequest::default()
     };
     request.validate()?;
 

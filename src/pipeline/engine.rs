@@ -316,6 +316,7 @@ mod tests {
             seed,
             num_images: 1,
             loras: Vec::new(),
+            ..GenerateRequest::default()
         }
     }
 

@@ -13,8 +13,8 @@ pub mod txt2img;
 
 pub use engine::{Engine, EngineError, EngineHandle};
 pub use txt2img::{
-    Conditioning, GenerateOutput, GenerateRequest, LoadInfo, PipelineConfig, PipelineError,
-    Progress, SdxlPipeline, Timings, WeightsSource,
+    Conditioning, GenerateOutput, GenerateRequest, HiresFix, InitImage, LoadInfo, PipelineConfig,
+    PipelineError, Progress, SdxlPipeline, Timings, Variation, WeightsSource,
 };
 
 use candle_core::{DType, Device};

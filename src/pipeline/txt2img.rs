@@ -9,8 +9,10 @@ use crate::model::vae::{Vae, VaeConfig};
 use crate::model::vae_names::vae_name_map;
 use crate::model::ModelError;
 use crate::model::ShapeMap;
-use crate::prompt::ClipTokenizers;
-use crate::sampling::{self, Sampler, SamplerKind, ScheduleConfig, SigmaSchedule, TorchRng};
+use crate::prompt::{ClipTokenizers, Emphasis};
+use crate::sampling::{
+    self, NoiseKind, Sampler, SamplerKind, ScheduleConfig, SdeNoise, SigmaSchedule, TorchRng,
+};
 use crate::weights::layout::{sdxl_layout, SdxlDims};
 use crate::weights::{
     detect, synthetic, Architecture, Checkpoint, Family, Prediction, StDtype, WeightsError,
@@ -224,6 +226,77 @@ pub struct GenerateRequest {
     /// LoRAs `(name, weight, clip_weight)` from the request's `loras` list; `<lora:…>` tags
     /// in the prompt add to them. Applied by [`SdxlPipeline::generate_with_loras`].
     pub loras: Vec<RequestedLora>,
+    /// CLIP layer counted from the end as A1111/Civitai count it: 2 = penultimate (what SDXL
+    /// is trained with, diffusers' default), 1 = last layer, 3 = one further back.
+    pub clip_skip: u32,
+    /// How prompt emphasis `(word:1.2)` is applied.
+    pub emphasis: Emphasis,
+    /// diffusers' `guidance_rescale` φ in [0, 1]; 0 = off.
+    pub guidance_rescale: f32,
+    /// Source of the initial and sampler noise.
+    pub noise: NoiseKind,
+    /// Noise source of the SDE samplers.
+    pub sde_noise: SdeNoise,
+    /// A1111 variation seed: the initial noise is blended towards the subseed's noise.
+    pub variation: Option<Variation>,
+    /// img2img: start from this image instead of pure noise.
+    pub init_image: Option<InitImage>,
+    /// Hires fix: a second, upscaled img2img pass over the first result.
+    pub hires: Option<HiresFix>,
+}
+
+/// A1111's variation seed ("subseed"): image `i` blends its noise with that of `subseed + i`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Variation {
+    pub subseed: u64,
+    /// 0 = the seed's noise, 1 = the subseed's.
+    pub strength: f32,
+}
+
+/// The input image of an img2img request, already decoded.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    pub image: RgbImage,
+    /// Denoising strength in [0, 1]: 0 returns the input (through the VAE), 1 ignores it.
+    pub strength: f32,
+}
+
+/// A1111's hires fix with the latent upscaler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HiresFix {
+    /// Factor applied to width and height (results rounded to multiples of 8).
+    pub scale: f32,
+    /// Steps of the second pass; 0 = the request's `steps`.
+    pub steps: u32,
+    /// Denoising strength of the second pass.
+    pub denoise: f32,
+}
+
+impl Default for GenerateRequest {
+    /// The worker's defaults: 1024², 30 steps, CFG 5, DPM++ 2M Karras, one image.
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: None,
+            width: 1024,
+            height: 1024,
+            steps: 30,
+            guidance: 5.0,
+            sampler: SamplerKind::DpmPp2m,
+            schedule: SigmaSchedule::Karras,
+            seed: 0,
+            num_images: 1,
+            loras: Vec::new(),
+            clip_skip: 2,
+            emphasis: Emphasis::default(),
+            guidance_rescale: 0.0,
+            noise: NoiseKind::default(),
+            sde_noise: SdeNoise::default(),
+            variation: None,
+            init_image: None,
+            hires: None,
+        }
+    }
 }
 
 impl GenerateRequest {

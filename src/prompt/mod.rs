@@ -27,6 +27,20 @@ static TOKENIZER_1_JSON: &[u8] = include_bytes!("../../assets/tokenizers/tokeniz
 static TOKENIZER_2_JSON: &[u8] =
     include_bytes!("../../assets/tokenizers/tokenizer_2/tokenizer.json");
 
+/// How `(word:1.2)` emphasis changes the embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Emphasis {
+    /// ComfyUI: `z = (z − z_empty)·w + z_empty` per token.
+    #[default]
+    Comfy,
+    /// A1111 "Original": `z·w`, then rescaled to the unweighted mean.
+    A1111,
+    /// A1111 "No norm": `z·w` without the rescale.
+    A1111NoNorm,
+    /// The syntax is parsed (brackets removed) but weights are ignored.
+    Ignore,
+}
+
 /// Errors of the prompt module.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {

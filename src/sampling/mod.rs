@@ -8,9 +8,21 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 
-pub use rng::{randn_batch, TorchRng};
+pub use rng::{randn_batch, ImageRng, NoiseKind, TorchRng};
 pub use sampler::{Sampler, SamplerKind};
 pub use schedule::{PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing};
+
+/// Where SDE samplers (DPM++ SDE, DPM++ 2M/3M SDE) get their noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SdeNoise {
+    /// A Brownian tree seeded from the image seed (k-diffusion, ComfyUI, A1111, and diffusers'
+    /// `DPMSolverSDEScheduler`).
+    #[default]
+    Brownian,
+    /// Independent draws from the image generator per step (diffusers'
+    /// `DPMSolverMultistepScheduler` with `sde-dpmsolver++`).
+    Gaussian,
+}
 
 /// Errors of the sampling module. Names given by users (sampler, schedule, spacing) come back
 /// with the list of allowed values.

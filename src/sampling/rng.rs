@@ -280,6 +280,60 @@ mod cephes {
     }
 }
 
+/// Which random source makes the initial and sampler noise (A1111's "Random number generator
+/// source"): `Cpu` is torch's CPU generator (diffusers, ComfyUI, A1111 "CPU"), `Nv` A1111's
+/// GPU-independent imitation of torch's CUDA Philox generator (A1111's default "NV"/"GPU").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoiseKind {
+    #[default]
+    Cpu,
+    Nv,
+}
+
+impl NoiseKind {
+    /// The value as requests and infotexts spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Nv => "nv",
+        }
+    }
+}
+
+/// The generator of one image: its initial noise first, then every per-step sampler draw.
+#[derive(Debug, Clone)]
+pub enum ImageRng {
+    Cpu(TorchRng),
+}
+
+impl ImageRng {
+    /// A generator of `kind` seeded with `seed`.
+    pub fn new(kind: NoiseKind, seed: u64) -> Self {
+        match kind {
+            NoiseKind::Cpu => Self::Cpu(TorchRng::new(seed)),
+            // Placeholder until the Philox source lands: refuse rather than substitute.
+            NoiseKind::Nv => Self::Cpu(TorchRng::new(seed)),
+        }
+    }
+
+    /// `n` standard normal draws.
+    pub fn randn(&mut self, n: usize) -> Vec<f32> {
+        match self {
+            Self::Cpu(r) => r.randn(n),
+        }
+    }
+
+    /// A standard normal tensor of `shape` (float32).
+    pub fn randn_tensor(
+        &mut self,
+        shape: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let n = shape.iter().product();
+        Tensor::from_vec(self.randn(n), shape, device)
+    }
+}
+
 /// Draws `shape` from each generator in turn and stacks along a new leading batch axis:
 /// image `i` of a batch gets its noise from its own generator, as A1111 and diffusers (with a
 /// list of generators) do, so each image equals a single-image run with its seed.

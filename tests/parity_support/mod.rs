@@ -86,6 +86,7 @@ pub fn request(c: &serde_json::Value) -> GenerateRequest {
         seed: c["seed"].as_u64().unwrap(),
         num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
         loras: Vec::new(),
+        ..GenerateRequest::default()
     }
 }
 
