@@ -122,11 +122,13 @@ fn case_input(id: &str) -> Value {
         .find(|c| c["id"] == id)
         .unwrap()
         .clone();
-    let scheduler = match case["scheduler"].as_str().unwrap() {
-        "euler" => "Euler",
-        "euler_a" => "Euler a",
-        "dpmpp_2m_karras" => "DPM++ 2M Karras",
-        "ddim" => "DDIM",
+    // The references use diffusers' SDXL scheduler config: "leading" timestep spacing, and
+    // Karras σs for DPM++ 2M.
+    let (scheduler, schedule) = match case["scheduler"].as_str().unwrap() {
+        "euler" => ("Euler", "leading"),
+        "euler_a" => ("Euler a", "leading"),
+        "dpmpp_2m_karras" => ("DPM++ 2M Karras", "Automatic"),
+        "ddim" => ("DDIM", "leading"),
         other => panic!("no label for {other}"),
     };
     // The fixture models.toml names the fp16 kohya LoRA the references use "mini-lora".
@@ -144,6 +146,7 @@ fn case_input(id: &str) -> Value {
         "num_inference_steps": case["steps"],
         "guidance_scale": case["guidance_scale"],
         "scheduler": scheduler,
+        "schedule": schedule,
         "seed": case["seed"],
     })
 }
@@ -323,7 +326,7 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
             "loras[0].strength",
         ),
         (json!({"prompt": "a", "clip_skip": 0}), "field `clip_skip`"),
-        (json!({"prompt": "a", "clip_skip": 5}), "field `clip_skip`"),
+        (json!({"prompt": "a", "clip_skip": 13}), "field `clip_skip`"),
         (
             json!({"prompt": "a", "output_format": "gif"}),
             "field `output_format`",
@@ -332,14 +335,14 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
             json!({"prompt": "a", "output_quality": 0}),
             "field `output_quality`",
         ),
-        (json!({"prompt": "a", "noise": "gpu"}), "field `noise`"),
+        (json!({"prompt": "a", "noise": "cuda"}), "field `noise`"),
         (
             json!({"prompt": "a", "colour": "red"}),
             "unknown field `colour`",
         ),
         (
             json!({"prompt": "a", "image": "not base64!"}),
-            "unknown field `image`",
+            "field `image`",
         ),
     ]
 }

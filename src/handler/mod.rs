@@ -14,10 +14,14 @@ use crate::image::infotext::Infotext;
 use crate::lora::{extract_prompt_loras, LoraEntry};
 use crate::pipeline::{
     Engine, EngineArgs, EngineError, EngineHandle, GenerateRequest, PipelineConfig, PipelineError,
+    Variation,
 };
+use crate::prompt::Emphasis;
 use crate::runpod::{async_trait, Handler, HandlerOutput, Job, JobContext, JobError};
-use crate::sampling::{SamplerKind, SigmaSchedule};
-use request::{Defaults, GenerateInput, SamplerName, ScheduleName};
+use crate::sampling::{NoiseKind, SamplerKind, SdeNoise, SigmaSchedule};
+use request::{
+    Defaults, GenerateInput, NoiseName, SamplerName, ScheduleName, SdeNoiseName, WeightingName,
+};
 
 /// Largest result body posted without object storage: RunPod refuses job results of about
 /// 20 MB, so a bigger one would be lost rather than delivered.
@@ -126,14 +130,6 @@ impl SdxlHandler {
                 ));
             }
         }
-        // A1111 leaves SDXL on the penultimate CLIP layer for clip skip 1 and 2 alike
-        // (formats.md 2.4), so both give the same image here too.
-        if input.clip_skip.is_some_and(|c| c > 2) {
-            errors.push(
-                "field `clip_skip`: values above 2 are not implemented for SDXL (allowed: 1, 2)"
-                    .to_string(),
-            );
-        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -198,6 +194,17 @@ impl SdxlHandler {
             model_hash: Some(self.checkpoint.autov2.to_ascii_lowercase()),
             model,
             clip_skip: input.clip_skip,
+            variation: input.subseed,
+            denoising_strength: input.img2img.as_ref().map(|i| i.strength),
+            rng: (input.noise == NoiseName::Nv).then(|| "NV".to_string()),
+            guidance_rescale: (input.guidance_rescale > 0.0).then_some(input.guidance_rescale),
+            hires: input.hires.map(|h| (h.scale, h.steps, h.denoise)),
+            emphasis: match input.prompt_weighting {
+                WeightingName::Comfy => None,
+                WeightingName::A1111 => Some("Original".to_string()),
+                WeightingName::A1111NoNorm => Some("No norm".to_string()),
+                WeightingName::None => Some("None".to_string()),
+            },
             lora_hashes,
             version: VERSION.to_string(),
             civitai_resources: resources,
@@ -206,18 +213,57 @@ impl SdxlHandler {
 }
 
 /// The engine's names for a request's sampler and schedule.
-fn engine_sampler(sampler: SamplerName, schedule: ScheduleName) -> (SamplerKind, SigmaSchedule) {
+fn engine_sampler(
+    sampler: SamplerName,
+    schedule: ScheduleName,
+) -> Result<(SamplerKind, SigmaSchedule), JobError> {
     let kind = match sampler {
         SamplerName::Euler => SamplerKind::Euler,
         SamplerName::EulerA => SamplerKind::EulerAncestral,
         SamplerName::DpmPp2m => SamplerKind::DpmPp2m,
         SamplerName::Ddim => SamplerKind::Ddim,
+        other => {
+            return Err(JobError::invalid_input(format!(
+                "field `scheduler`: {} is not available yet",
+                other.a1111_label()
+            )))
+        }
     };
     let schedule = match schedule {
-        ScheduleName::Normal => SigmaSchedule::Default,
+        ScheduleName::Leading => SigmaSchedule::Default,
         ScheduleName::Karras => SigmaSchedule::Karras,
+        other => {
+            return Err(JobError::invalid_input(format!(
+                "field `schedule`: {} is not available yet",
+                other.a1111_label()
+            )))
+        }
     };
-    (kind, schedule)
+    Ok((kind, schedule))
+}
+
+/// The engine's settings for the request's text and noise options.
+fn engine_options(input: &GenerateInput, req: &mut GenerateRequest) {
+    req.clip_skip = input.clip_skip.unwrap_or(2);
+    req.emphasis = match input.prompt_weighting {
+        WeightingName::Comfy => Emphasis::Comfy,
+        WeightingName::A1111 => Emphasis::A1111,
+        WeightingName::A1111NoNorm => Emphasis::A1111NoNorm,
+        WeightingName::None => Emphasis::Ignore,
+    };
+    req.guidance_rescale = input.guidance_rescale as f32;
+    req.noise = match input.noise {
+        NoiseName::Cpu => NoiseKind::Cpu,
+        NoiseName::Nv => NoiseKind::Nv,
+    };
+    req.sde_noise = match input.sde_noise {
+        SdeNoiseName::Brownian => SdeNoise::Brownian,
+        SdeNoiseName::Gaussian => SdeNoise::Gaussian,
+    };
+    req.variation = input.subseed.map(|(subseed, strength)| Variation {
+        subseed,
+        strength: strength as f32,
+    });
 }
 
 /// Maps engine failures to job errors with stable `error_type`s.
@@ -238,8 +284,13 @@ impl Handler for SdxlHandler {
         let seed = input
             .seed
             .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-        let (sampler, schedule) = engine_sampler(input.sampler, input.schedule);
-        let req = GenerateRequest {
+        if input.img2img.is_some() || input.hires.is_some() {
+            return Err(JobError::invalid_input(
+                "field `image`/`image_url`/`hires_scale`: not available yet",
+            ));
+        }
+        let (sampler, schedule) = engine_sampler(input.sampler, input.schedule)?;
+        let mut req = GenerateRequest {
             prompt: input.prompt.clone(),
             negative_prompt: input.negative_prompt.clone(),
             width: input.width,
@@ -257,6 +308,7 @@ impl Handler for SdxlHandler {
                 .collect(),
             ..GenerateRequest::default()
         };
+        engine_options(&input, &mut req);
         let progress_ctx = ctx.clone();
         let output = self
             .engine

@@ -17,26 +17,50 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("num_inference_steps", &["steps"]),
     ("guidance_scale", &["cfg_scale"]),
     ("seed", &[]),
-    ("scheduler", &["sampler_name"]),
-    ("schedule", &["scheduler_type"]),
+    ("scheduler", &["sampler_name", "sampler"]),
+    ("schedule", &["scheduler_type", "schedule_type"]),
     ("num_images", &["batch_size"]),
     ("checkpoint", &[]),
     ("loras", &[]),
     ("clip_skip", &[]),
+    ("prompt_weighting", &["emphasis"]),
+    ("guidance_rescale", &[]),
     ("output_format", &[]),
     ("output_quality", &[]),
-    ("noise", &[]),
+    ("noise", &["rng"]),
+    ("sde_noise", &[]),
+    ("subseed", &[]),
+    ("subseed_strength", &[]),
+    ("image", &["init_image"]),
+    ("image_url", &[]),
+    ("strength", &["denoising_strength"]),
+    ("hires_scale", &["hr_scale"]),
+    ("hires_steps", &["hr_second_pass_steps"]),
+    ("hires_denoise", &[]),
 ];
 
-/// Sampling algorithms the engine implements, by canonical name.
+/// Sampling algorithms the engine implements, by canonical (ComfyUI-style) name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SamplerName {
     Euler,
     EulerA,
+    Heun,
+    #[serde(rename = "dpm_2")]
+    Dpm2,
+    #[serde(rename = "dpm_2_a")]
+    Dpm2A,
     #[serde(rename = "dpmpp_2m")]
     DpmPp2m,
+    #[serde(rename = "dpmpp_sde")]
+    DpmPpSde,
+    #[serde(rename = "dpmpp_2m_sde")]
+    DpmPp2mSde,
+    #[serde(rename = "dpmpp_3m_sde")]
+    DpmPp3mSde,
     Ddim,
+    UniPc,
+    Lcm,
 }
 
 impl SamplerName {
@@ -45,29 +69,56 @@ impl SamplerName {
         match self {
             SamplerName::Euler => "Euler",
             SamplerName::EulerA => "Euler a",
+            SamplerName::Heun => "Heun",
+            SamplerName::Dpm2 => "DPM2",
+            SamplerName::Dpm2A => "DPM2 a",
             SamplerName::DpmPp2m => "DPM++ 2M",
+            SamplerName::DpmPpSde => "DPM++ SDE",
+            SamplerName::DpmPp2mSde => "DPM++ 2M SDE",
+            SamplerName::DpmPp3mSde => "DPM++ 3M SDE",
             SamplerName::Ddim => "DDIM",
+            SamplerName::UniPc => "UniPC",
+            SamplerName::Lcm => "LCM",
         }
     }
 
-    /// The schedule used when the request names none.
+    /// The schedule used when the request names none: A1111's "Automatic" choice for the
+    /// sampler (Karras for DPM++ 2M / SDE and DPM2, exponential for the multistep SDE
+    /// samplers, the sampler's plain schedule otherwise).
     pub fn default_schedule(self) -> ScheduleName {
         match self {
-            SamplerName::DpmPp2m => ScheduleName::Karras,
-            _ => ScheduleName::Normal,
+            SamplerName::DpmPp2m
+            | SamplerName::DpmPpSde
+            | SamplerName::Dpm2
+            | SamplerName::Dpm2A => ScheduleName::Karras,
+            SamplerName::DpmPp2mSde | SamplerName::DpmPp3mSde => ScheduleName::Exponential,
+            SamplerName::Ddim => ScheduleName::Leading,
+            SamplerName::Lcm => ScheduleName::SgmUniform,
+            SamplerName::Euler | SamplerName::EulerA | SamplerName::Heun | SamplerName::UniPc => {
+                ScheduleName::Normal
+            }
         }
     }
 }
 
-/// Sigma schedules a request can pick. The timestep spacing itself follows the checkpoint
-/// (diffusers' `leading` for SDXL, `trailing` for zero-terminal-SNR v-prediction models).
+/// Sigma schedules a request can pick: ComfyUI's scheduler names plus diffusers' timestep
+/// spacings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleName {
-    /// The training sigmas at the spaced timesteps (diffusers' default).
+    /// ComfyUI `normal` / A1111 "Uniform": evenly spaced in timestep.
     Normal,
     /// Karras et al. (rho 7) between the model's sigma_min and sigma_max.
     Karras,
+    Exponential,
+    SgmUniform,
+    Simple,
+    DdimUniform,
+    Beta,
+    /// diffusers `timestep_spacing` values.
+    Leading,
+    Trailing,
+    Linspace,
 }
 
 impl ScheduleName {
@@ -76,46 +127,182 @@ impl ScheduleName {
         match self {
             ScheduleName::Normal => "Normal",
             ScheduleName::Karras => "Karras",
+            ScheduleName::Exponential => "Exponential",
+            ScheduleName::SgmUniform => "SGM Uniform",
+            ScheduleName::Simple => "Simple",
+            ScheduleName::DdimUniform => "DDIM",
+            ScheduleName::Beta => "Beta",
+            ScheduleName::Leading => "Leading",
+            ScheduleName::Trailing => "Trailing",
+            ScheduleName::Linspace => "Linspace",
         }
     }
 }
 
-/// Sampler labels accepted in `scheduler` / `sampler_name`: A1111 labels (with or without a
-/// schedule suffix), worker-sdxl / diffusers class names, and our snake_case names.
+use SamplerName as S;
+use ScheduleName as Sch;
+
+/// Sampler labels accepted in `scheduler` / `sampler_name` / `sampler` (compared
+/// case-insensitively): A1111 labels, also the older ones that carry the schedule
+/// ("DPM++ 2M Karras"), ComfyUI names, k-diffusion `k_` names and diffusers class names.
 const SAMPLER_LABELS: &[(&str, SamplerName, Option<ScheduleName>)] = &[
-    ("euler", SamplerName::Euler, None),
-    ("k_euler", SamplerName::Euler, None),
-    ("eulerdiscretescheduler", SamplerName::Euler, None),
-    ("euler a", SamplerName::EulerA, None),
-    ("euler_a", SamplerName::EulerA, None),
-    ("euler_ancestral", SamplerName::EulerA, None),
-    ("k_euler_ancestral", SamplerName::EulerA, None),
-    ("eulerancestraldiscretescheduler", SamplerName::EulerA, None),
-    ("dpm++ 2m", SamplerName::DpmPp2m, None),
-    ("dpmpp_2m", SamplerName::DpmPp2m, None),
+    ("euler", S::Euler, None),
+    ("k_euler", S::Euler, None),
+    ("eulerdiscretescheduler", S::Euler, None),
+    ("euler karras", S::Euler, Some(Sch::Karras)),
+    ("euler a", S::EulerA, None),
+    ("euler_a", S::EulerA, None),
+    ("euler_ancestral", S::EulerA, None),
+    ("k_euler_ancestral", S::EulerA, None),
+    ("k_euler_a", S::EulerA, None),
+    ("eulerancestraldiscretescheduler", S::EulerA, None),
+    ("heun", S::Heun, None),
+    ("k_heun", S::Heun, None),
+    ("heundiscretescheduler", S::Heun, None),
+    ("heun karras", S::Heun, Some(Sch::Karras)),
+    ("dpm2", S::Dpm2, None),
+    ("dpm_2", S::Dpm2, None),
+    ("k_dpm_2", S::Dpm2, None),
+    ("kdpm2discretescheduler", S::Dpm2, None),
+    ("dpm2 karras", S::Dpm2, Some(Sch::Karras)),
+    ("dpm2 a", S::Dpm2A, None),
+    ("dpm_2_a", S::Dpm2A, None),
+    ("dpm_2_ancestral", S::Dpm2A, None),
+    ("k_dpm_2_a", S::Dpm2A, None),
+    ("kdpm2ancestraldiscretescheduler", S::Dpm2A, None),
+    ("dpm2 a karras", S::Dpm2A, Some(Sch::Karras)),
+    ("dpm++ 2m", S::DpmPp2m, None),
+    ("dpmpp_2m", S::DpmPp2m, None),
+    ("k_dpmpp_2m", S::DpmPp2m, None),
+    ("dpm++ 2m karras", S::DpmPp2m, Some(Sch::Karras)),
+    ("dpmpp_2m_karras", S::DpmPp2m, Some(Sch::Karras)),
+    ("dpmsolvermultistep", S::DpmPp2m, None),
+    ("dpmsolvermultistepscheduler", S::DpmPp2m, None),
+    ("dpm++ sde", S::DpmPpSde, None),
+    ("dpmpp_sde", S::DpmPpSde, None),
+    ("k_dpmpp_sde", S::DpmPpSde, None),
+    ("dpmsolversdescheduler", S::DpmPpSde, None),
+    ("dpm++ sde karras", S::DpmPpSde, Some(Sch::Karras)),
+    ("dpmpp_sde_karras", S::DpmPpSde, Some(Sch::Karras)),
+    ("dpm++ 2m sde", S::DpmPp2mSde, None),
+    ("dpmpp_2m_sde", S::DpmPp2mSde, None),
+    ("k_dpmpp_2m_sde", S::DpmPp2mSde, None),
+    ("dpm++ 2m sde karras", S::DpmPp2mSde, Some(Sch::Karras)),
+    ("dpmpp_2m_sde_karras", S::DpmPp2mSde, Some(Sch::Karras)),
     (
-        "dpm++ 2m karras",
-        SamplerName::DpmPp2m,
-        Some(ScheduleName::Karras),
+        "dpm++ 2m sde exponential",
+        S::DpmPp2mSde,
+        Some(Sch::Exponential),
     ),
+    ("dpm++ 3m sde", S::DpmPp3mSde, None),
+    ("dpmpp_3m_sde", S::DpmPp3mSde, None),
+    ("k_dpmpp_3m_sde", S::DpmPp3mSde, None),
+    ("dpm++ 3m sde karras", S::DpmPp3mSde, Some(Sch::Karras)),
+    ("dpmpp_3m_sde_karras", S::DpmPp3mSde, Some(Sch::Karras)),
     (
-        "dpmpp_2m_karras",
-        SamplerName::DpmPp2m,
-        Some(ScheduleName::Karras),
+        "dpm++ 3m sde exponential",
+        S::DpmPp3mSde,
+        Some(Sch::Exponential),
     ),
-    ("dpmsolvermultistep", SamplerName::DpmPp2m, None),
-    ("dpmsolvermultistepscheduler", SamplerName::DpmPp2m, None),
-    ("ddim", SamplerName::Ddim, None),
-    ("ddimscheduler", SamplerName::Ddim, None),
+    ("ddim", S::Ddim, None),
+    ("ddimscheduler", S::Ddim, None),
+    ("unipc", S::UniPc, None),
+    ("uni_pc", S::UniPc, None),
+    ("uni_pc_bh2", S::UniPc, None),
+    ("unipcmultistepscheduler", S::UniPc, None),
+    ("lcm", S::Lcm, None),
+    ("lcmscheduler", S::Lcm, None),
 ];
 
-const SCHEDULE_LABELS: &[(&str, ScheduleName)] = &[
-    ("normal", ScheduleName::Normal),
-    ("default", ScheduleName::Normal),
-    ("automatic", ScheduleName::Normal),
-    ("leading", ScheduleName::Normal),
-    ("karras", ScheduleName::Karras),
+/// Schedule labels: ComfyUI scheduler names, A1111 "Schedule type" labels and diffusers'
+/// timestep spacings. "Automatic" keeps the sampler's default.
+const SCHEDULE_LABELS: &[(&str, Option<ScheduleName>)] = &[
+    ("automatic", None),
+    ("normal", Some(Sch::Normal)),
+    ("uniform", Some(Sch::Normal)),
+    ("karras", Some(Sch::Karras)),
+    ("exponential", Some(Sch::Exponential)),
+    ("sgm_uniform", Some(Sch::SgmUniform)),
+    ("sgm uniform", Some(Sch::SgmUniform)),
+    ("simple", Some(Sch::Simple)),
+    ("ddim_uniform", Some(Sch::DdimUniform)),
+    ("ddim", Some(Sch::DdimUniform)),
+    ("beta", Some(Sch::Beta)),
+    ("leading", Some(Sch::Leading)),
+    ("trailing", Some(Sch::Trailing)),
+    ("linspace", Some(Sch::Linspace)),
 ];
+
+/// How prompt emphasis is applied (`prompt_weighting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightingName {
+    Comfy,
+    A1111,
+    A1111NoNorm,
+    None,
+}
+
+/// Random source of the noise (`noise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseName {
+    Cpu,
+    Nv,
+}
+
+/// Noise of the SDE samplers (`sde_noise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SdeNoiseName {
+    Brownian,
+    Gaussian,
+}
+
+/// Where an img2img input comes from. The image data itself is never echoed back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSource {
+    /// Base64 or a `data:` URI; serialised as its length only.
+    Inline(#[serde(serialize_with = "ser_len")] String),
+    /// An http(s) URL; serialised without its query string (it may carry a token).
+    Url(#[serde(serialize_with = "ser_url")] String),
+}
+
+fn ser_len<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("<{} bytes of image data>", v.len()))
+}
+
+fn ser_url<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(redact_query(v))
+}
+
+/// `url` without its query string and fragment.
+pub fn redact_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// img2img settings of a request.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Img2ImgInput {
+    pub source: ImageSource,
+    /// Denoising strength in [0, 1].
+    pub strength: f64,
+}
+
+/// Hires-fix settings of a request.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct HiresInput {
+    pub scale: f64,
+    /// 0 = as many steps as the first pass.
+    pub steps: u32,
+    pub denoise: f64,
+}
+
+/// Default img2img strength (A1111's "Denoising strength" default).
+pub const DEFAULT_STRENGTH: f64 = 0.75;
+/// Default hires-fix denoising strength (A1111's default).
+pub const DEFAULT_HIRES_DENOISE: f64 = 0.7;
 
 /// Image file formats a job can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -173,8 +360,16 @@ pub struct GenerateInput {
     pub checkpoint: Option<String>,
     pub loras: Vec<LoraRequest>,
     pub clip_skip: Option<u32>,
+    pub prompt_weighting: WeightingName,
+    pub guidance_rescale: f64,
     pub output_format: OutputFormat,
     pub output_quality: u8,
+    pub noise: NoiseName,
+    pub sde_noise: SdeNoiseName,
+    /// A1111 variation seed and strength.
+    pub subseed: Option<(u64, f64)>,
+    pub img2img: Option<Img2ImgInput>,
+    pub hires: Option<HiresInput>,
 }
 
 /// Defaults that depend on the loaded model rather than on the request.
@@ -307,17 +502,31 @@ fn label_key(s: &str) -> String {
 }
 
 fn allowed_samplers() -> String {
-    "Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, DDIM, K_EULER, K_EULER_ANCESTRAL, DPMSolverMultistep \
-     (or euler, euler_a, dpmpp_2m, ddim)"
+    "Euler, Euler a, Heun, DPM2, DPM2 a, DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE, DDIM, \
+     UniPC, LCM (A1111 labels, optionally with Karras/Exponential; or ComfyUI names euler, \
+     euler_ancestral, heun, dpm_2, dpm_2_ancestral, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, \
+     dpmpp_3m_sde, ddim, uni_pc, lcm)"
         .to_string()
 }
 
 fn allowed_schedules() -> String {
-    SCHEDULE_LABELS
-        .iter()
-        .map(|(l, _)| *l)
-        .collect::<Vec<_>>()
-        .join(", ")
+    "automatic, normal, karras, exponential, sgm_uniform, simple, ddim_uniform, beta, leading, \
+     trailing, linspace"
+        .to_string()
+}
+
+/// Reads a closed set of names (case-insensitive) or records an error listing them.
+fn choice<T: Copy>(c: &mut Checker, field: &str, table: &[(&str, T)]) -> Option<T> {
+    let v = c.get(field)?;
+    let found = v
+        .as_str()
+        .map(label_key)
+        .and_then(|k| table.iter().find(|(l, _)| *l == k).map(|(_, t)| *t));
+    if found.is_none() {
+        let names: Vec<&str> = table.iter().map(|(l, _)| *l).collect();
+        c.fail(field, v, &names.join(", "));
+    }
+    found
 }
 
 /// Reads and validates a job's `input`. All problems are returned together.
@@ -422,22 +631,28 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
             .map(label_key)
             .and_then(|k| SCHEDULE_LABELS.iter().find(|(l, _)| *l == k))
         {
-            Some((_, s)) => schedule = *s,
+            Some((_, Some(s))) => schedule = *s,
+            Some((_, None)) => {}
             None => c.fail("schedule", v, &allowed_schedules()),
         }
-    }
-    if schedule == ScheduleName::Karras
-        && matches!(sampler, SamplerName::EulerA | SamplerName::Ddim)
-    {
-        c.errors.push(format!(
-            "field `schedule`: \"karras\" is not available with sampler `{}` (allowed: normal)",
-            sampler.a1111_label()
-        ));
     }
 
     let num_images = c.integer("num_images", 1, 8);
     let checkpoint = c.string("checkpoint");
     let clip_skip = c.integer("clip_skip", 1, 12).map(|n| n as u32);
+    let prompt_weighting = choice(
+        &mut c,
+        "prompt_weighting",
+        &[
+            ("comfy", WeightingName::Comfy),
+            ("comfyui", WeightingName::Comfy),
+            ("a1111", WeightingName::A1111),
+            ("a1111_no_norm", WeightingName::A1111NoNorm),
+            ("none", WeightingName::None),
+        ],
+    )
+    .unwrap_or(WeightingName::Comfy);
+    let guidance_rescale = c.number("guidance_rescale", 0.0, 1.0).unwrap_or(0.0);
     let output_format = match c.get("output_format") {
         None => OutputFormat::Png,
         Some(v) => match v.as_str().map(label_key).as_deref() {
@@ -451,10 +666,46 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
         },
     };
     let output_quality = c.integer("output_quality", 1, 100).unwrap_or(90) as u8;
-    if let Some(v) = c.get("noise") {
-        if v.as_str().map(label_key).as_deref() != Some("cpu") {
-            c.fail("noise", v, "cpu");
+    let noise = choice(
+        &mut c,
+        "noise",
+        &[
+            ("cpu", NoiseName::Cpu),
+            ("nv", NoiseName::Nv),
+            ("gpu", NoiseName::Nv),
+        ],
+    )
+    .unwrap_or(NoiseName::Cpu);
+    let sde_noise = choice(
+        &mut c,
+        "sde_noise",
+        &[
+            ("brownian", SdeNoiseName::Brownian),
+            ("gaussian", SdeNoiseName::Gaussian),
+        ],
+    )
+    .unwrap_or(SdeNoiseName::Brownian);
+    let subseed = c.integer("subseed", 0, u64::MAX);
+    let subseed_strength = c.number("subseed_strength", 0.0, 1.0);
+    let subseed = match (subseed, subseed_strength) {
+        (Some(s), strength) => Some((s, strength.unwrap_or(0.0))),
+        (None, Some(x)) if x > 0.0 => {
+            c.errors.push(
+                "field `subseed_strength` needs `subseed` (an integer seed to blend towards)"
+                    .to_string(),
+            );
+            None
         }
+        (None, _) => None,
+    };
+    let img2img = parse_img2img(&mut c);
+    let hires = parse_hires(&mut c);
+    if img2img.is_some() && hires.is_some() {
+        c.errors.push(
+            "fields `image`/`image_url` and `hires_scale` cannot be combined (allowed: img2img \
+             or hires fix)"
+                .to_string(),
+        );
     }
     let loras = parse_loras(&mut c);
 
@@ -475,9 +726,84 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
         checkpoint,
         loras,
         clip_skip,
+        prompt_weighting,
+        guidance_rescale,
         output_format,
         output_quality,
+        noise,
+        sde_noise,
+        subseed,
+        img2img,
+        hires,
     })
+}
+
+/// `image` (base64 / data URI) or `image_url` with `strength`.
+fn parse_img2img(c: &mut Checker) -> Option<Img2ImgInput> {
+    let image = c.string("image");
+    let url = c.string("image_url");
+    let strength = c.number("strength", 0.0, 1.0);
+    let source = match (image, url) {
+        (Some(_), Some(_)) => {
+            c.errors
+                .push("fields `image` and `image_url` are alternatives; send only one".to_string());
+            return None;
+        }
+        (Some(data), None) if data.trim().is_empty() => {
+            c.errors
+                .push("field `image`: empty (allowed: base64 image data or a data URI)".into());
+            return None;
+        }
+        (Some(data), None) => ImageSource::Inline(data),
+        (None, Some(url)) => {
+            let lower = url.trim().to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                c.errors.push(format!(
+                    "field `image_url`: {:?} is not allowed (allowed: an http:// or https:// URL)",
+                    redact_query(&url)
+                ));
+                return None;
+            }
+            ImageSource::Url(url)
+        }
+        (None, None) => {
+            if strength.is_some() {
+                c.errors.push(
+                    "field `strength` needs `image` or `image_url` (the image to start from)"
+                        .to_string(),
+                );
+            }
+            return None;
+        }
+    };
+    Some(Img2ImgInput {
+        source,
+        strength: strength.unwrap_or(DEFAULT_STRENGTH),
+    })
+}
+
+/// `hires_scale` (> 1 enables the hires fix), `hires_steps`, `hires_denoise`.
+fn parse_hires(c: &mut Checker) -> Option<HiresInput> {
+    let scale = c.number("hires_scale", 1.0, 4.0);
+    let steps = c.integer("hires_steps", 0, 150).map(|n| n as u32);
+    let denoise = c.number("hires_denoise", 0.0, 1.0);
+    match scale {
+        Some(s) if s > 1.0 => Some(HiresInput {
+            scale: s,
+            steps: steps.unwrap_or(0),
+            denoise: denoise.unwrap_or(DEFAULT_HIRES_DENOISE),
+        }),
+        _ => {
+            if steps.is_some() || denoise.is_some() {
+                c.errors.push(
+                    "fields `hires_steps`/`hires_denoise` need `hires_scale` above 1 (allowed: \
+                     1 < hires_scale <= 4)"
+                        .to_string(),
+                );
+            }
+            None
+        }
+    }
 }
 
 fn parse_loras(c: &mut Checker) -> Vec<LoraRequest> {
@@ -590,8 +916,23 @@ mod tests {
             (r.sampler, r.schedule),
             (SamplerName::Euler, ScheduleName::Karras)
         );
-        let e = errs(json!({"prompt": "x", "scheduler": "DDIM", "schedule": "karras"}));
-        assert!(e[0].contains("not available"), "{e:?}");
+        let r = ok(json!({"prompt": "x", "sampler": "DPM++ 2M SDE Exponential"}));
+        assert_eq!(
+            (r.sampler, r.schedule),
+            (SamplerName::DpmPp2mSde, ScheduleName::Exponential)
+        );
+        // "Automatic" keeps the sampler's own default; an explicit schedule wins over the
+        // one in a combined label.
+        let r = ok(json!({"prompt": "x", "sampler_name": "DPM++ SDE", "schedule": "Automatic"}));
+        assert_eq!(r.schedule, ScheduleName::Karras);
+        let r =
+            ok(json!({"prompt": "x", "scheduler": "DPM++ 2M Karras", "schedule": "sgm_uniform"}));
+        assert_eq!(r.schedule, ScheduleName::SgmUniform);
+        let r = ok(json!({"prompt": "x", "scheduler": "euler_ancestral", "schedule": "Beta"}));
+        assert_eq!(
+            (r.sampler, r.schedule),
+            (SamplerName::EulerA, ScheduleName::Beta)
+        );
     }
 
     #[test]
@@ -621,6 +962,101 @@ mod tests {
         assert!(e[0].contains("aliases"), "{e:?}");
         let r = ok(json!({"prompt": "x", "width": 2048, "height": 2048}));
         assert_eq!((r.width, r.height), (2048, 2048));
+    }
+
+    #[test]
+    fn every_sampler_label_maps_and_every_default_schedule_is_listed() {
+        for (label, sampler, _) in SAMPLER_LABELS {
+            let r = ok(json!({"prompt": "x", "scheduler": label.to_uppercase()}));
+            assert_eq!(r.sampler, *sampler, "{label}");
+        }
+        for (label, schedule) in SCHEDULE_LABELS {
+            let r = ok(json!({"prompt": "x", "sampler": "euler", "schedule": label}));
+            assert_eq!(
+                r.schedule,
+                schedule.unwrap_or(ScheduleName::Normal),
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn generation_options_are_parsed() {
+        let r = ok(
+            json!({"prompt": "x", "clip_skip": 2, "prompt_weighting": "A1111",
+            "guidance_rescale": 0.7, "noise": "NV", "sde_noise": "gaussian",
+            "subseed": 77, "subseed_strength": 0.25}),
+        );
+        assert_eq!(r.clip_skip, Some(2));
+        assert_eq!(r.prompt_weighting, WeightingName::A1111);
+        assert_eq!(r.guidance_rescale, 0.7);
+        assert_eq!(
+            (r.noise, r.sde_noise),
+            (NoiseName::Nv, SdeNoiseName::Gaussian)
+        );
+        assert_eq!(r.subseed, Some((77, 0.25)));
+        let r = ok(json!({"prompt": "x"}));
+        assert_eq!(r.prompt_weighting, WeightingName::Comfy);
+        assert_eq!(
+            (r.noise, r.sde_noise),
+            (NoiseName::Cpu, SdeNoiseName::Brownian)
+        );
+        assert_eq!((r.subseed, &r.img2img, r.hires), (None, &None, None));
+        let e = errs(json!({"prompt": "x", "noise": "gpu0", "sde_noise": 1,
+            "guidance_rescale": 1.5, "subseed_strength": 0.5, "prompt_weighting": "strong"}));
+        assert_eq!(e.len(), 5, "{e:#?}");
+        for needle in [
+            "`noise`",
+            "`sde_noise`",
+            "`guidance_rescale`",
+            "`subseed_strength` needs",
+            "`prompt_weighting`",
+        ] {
+            assert!(e.join("\n").contains(needle), "{needle}: {e:#?}");
+        }
+    }
+
+    #[test]
+    fn img2img_and_hires_fields() {
+        let r = ok(json!({"prompt": "x", "image": "iVBORw0KGgo=", "strength": 0.4}));
+        let i = r.img2img.expect("img2img");
+        assert_eq!(i.strength, 0.4);
+        assert_eq!(i.source, ImageSource::Inline("iVBORw0KGgo=".into()));
+        let r = ok(json!({"prompt": "x", "image_url": "https://example.com/a.png?token=s3cr3t"}));
+        let i = r.img2img.expect("img2img");
+        assert_eq!(i.strength, DEFAULT_STRENGTH);
+        // The echoed request never carries the image bytes or the URL's query.
+        let echoed = serde_json::to_string(&i).unwrap();
+        assert!(!echoed.contains("s3cr3t"), "{echoed}");
+        let inline = serde_json::to_string(&ImageSource::Inline("QUJD".into())).unwrap();
+        assert!(!inline.contains("QUJD"), "{inline}");
+
+        let r = ok(json!({"prompt": "x", "hires_scale": 1.5, "hires_steps": 10}));
+        assert_eq!(
+            r.hires,
+            Some(HiresInput {
+                scale: 1.5,
+                steps: 10,
+                denoise: DEFAULT_HIRES_DENOISE
+            })
+        );
+        assert_eq!(ok(json!({"prompt": "x", "hires_scale": 1.0})).hires, None);
+
+        let e = errs(json!({"prompt": "x", "image": "QUJD", "image_url": "https://a/b.png"}));
+        assert!(e[0].contains("only one"), "{e:?}");
+        let e = errs(json!({"prompt": "x", "image_url": "file:///etc/passwd?x=secret"}));
+        assert!(
+            e[0].contains("http://") && !e[0].contains("secret"),
+            "{e:?}"
+        );
+        let e = errs(json!({"prompt": "x", "strength": 0.5}));
+        assert!(e[0].contains("needs `image`"), "{e:?}");
+        let e = errs(json!({"prompt": "x", "hires_denoise": 0.5}));
+        assert!(e[0].contains("hires_scale"), "{e:?}");
+        let e = errs(json!({"prompt": "x", "hires_scale": 5}));
+        assert!(e[0].contains("`hires_scale`"), "{e:?}");
+        let e = errs(json!({"prompt": "x", "image": "QUJD", "hires_scale": 2}));
+        assert!(e[0].contains("cannot be combined"), "{e:?}");
     }
 
     #[test]

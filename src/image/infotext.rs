@@ -22,6 +22,18 @@ pub struct Infotext {
     /// Checkpoint file name without directory and extension.
     pub model: Option<String>,
     pub clip_skip: Option<u32>,
+    /// A1111 variation seed and its strength.
+    pub variation: Option<(u64, f64)>,
+    /// img2img denoising strength.
+    pub denoising_strength: Option<f64>,
+    /// `RNG: NV` etc.; `None` for the default CPU source.
+    pub rng: Option<String>,
+    /// diffusers/A1111-extension guidance rescale φ (`CFG Rescale phi`).
+    pub guidance_rescale: Option<f64>,
+    /// Hires fix: (scale, second-pass steps (0 = same), denoising strength).
+    pub hires: Option<(f64, u32, f64)>,
+    /// `Emphasis` mode label when not the default.
+    pub emphasis: Option<String>,
     /// `(name, AutoV3 12-hex hash)` per LoRA.
     pub lora_hashes: Vec<(String, String)>,
     pub version: String,
@@ -66,8 +78,31 @@ impl Infotext {
         if let Some(m) = &self.model {
             params.push(("Model".into(), m.clone()));
         }
-        if let Some(c) = self.clip_skip.filter(|c| *c > 1) {
+        // A1111's order: variation, denoising strength, clip skip, RNG, hires, LoRAs,
+        // emphasis, version.
+        if let Some((subseed, strength)) = self.variation {
+            params.push(("Variation seed".into(), subseed.to_string()));
+            params.push(("Variation seed strength".into(), num(strength)));
+        }
+        if let Some(d) = self.denoising_strength {
+            params.push(("Denoising strength".into(), num(d)));
+        }
+        if let Some(c) = self.clip_skip {
             params.push(("Clip skip".into(), c.to_string()));
+        }
+        if let Some(r) = &self.rng {
+            params.push(("RNG".into(), r.clone()));
+        }
+        if let Some(phi) = self.guidance_rescale {
+            params.push(("CFG Rescale phi".into(), num(phi)));
+        }
+        if let Some((scale, steps, denoise)) = self.hires {
+            params.push(("Denoising strength".into(), num(denoise)));
+            params.push(("Hires upscale".into(), num(scale)));
+            if steps > 0 {
+                params.push(("Hires steps".into(), steps.to_string()));
+            }
+            params.push(("Hires upscaler".into(), "Latent".into()));
         }
         if !self.lora_hashes.is_empty() {
             let joined: Vec<String> = self
@@ -76,6 +111,9 @@ impl Infotext {
                 .map(|(n, h)| format!("{}: {h}", n.replace([':', ','], "")))
                 .collect();
             params.push(("Lora hashes".into(), joined.join(", ")));
+        }
+        if let Some(e) = &self.emphasis {
+            params.push(("Emphasis".into(), e.clone()));
         }
         params.push(("Version".into(), self.version.clone()));
         let mut line = params
@@ -125,6 +163,7 @@ mod tests {
             ],
             version: "sdxl-worker 0.1.0".into(),
             civitai_resources: vec![json!({"type": "checkpoint", "modelVersionId": 128078})],
+            ..Default::default()
         };
         assert_eq!(
             t.render(),
@@ -138,7 +177,36 @@ mod tests {
     }
 
     #[test]
-    fn empty_negative_and_clip_skip_one_are_omitted() {
+    fn generation_options_in_a1111_order() {
+        let t = Infotext {
+            prompt: "x".into(),
+            steps: 20,
+            sampler: "DPM++ SDE".into(),
+            schedule: Some("Karras".into()),
+            cfg_scale: 6.0,
+            seed: 5,
+            width: 1024,
+            height: 1024,
+            clip_skip: Some(1),
+            variation: Some((77, 0.25)),
+            rng: Some("NV".into()),
+            guidance_rescale: Some(0.7),
+            hires: Some((1.5, 10, 0.5)),
+            emphasis: Some("No norm".into()),
+            version: "v".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            t.render(),
+            "x\nSteps: 20, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 6, Seed: 5, \
+             Size: 1024x1024, Variation seed: 77, Variation seed strength: 0.25, Clip skip: 1, \
+             RNG: NV, CFG Rescale phi: 0.7, Denoising strength: 0.5, Hires upscale: 1.5, \
+             Hires steps: 10, Hires upscaler: Latent, Emphasis: No norm, Version: v"
+        );
+    }
+
+    #[test]
+    fn empty_negative_and_unset_clip_skip_are_omitted() {
         let t = Infotext {
             prompt: "x".into(),
             negative_prompt: Some(String::new()),
@@ -148,7 +216,7 @@ mod tests {
             seed: 1,
             width: 128,
             height: 128,
-            clip_skip: Some(1),
+            clip_skip: None,
             version: "v".into(),
             ..Default::default()
         };
