@@ -1,9 +1,11 @@
 //! Noise, noise schedules and samplers, matching diffusers' schedulers step for step.
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
+//! * [`philox`]: A1111's "NV" Philox generator (imitating torch's CUDA `randn`).
 //! * [`schedule`]: betas, ᾱ, σ and the spaced timesteps / Karras σs of a scheduler config.
 //! * [`sampler`]: Euler, Euler a, DPM++ 2M and DDIM steps on candle tensors.
 
+pub mod philox;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
