@@ -2,9 +2,11 @@
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
 //! * [`philox`]: A1111's "NV" Philox generator (imitating torch's CUDA `randn`).
+//! * [`brownian`]: torchsde's seeded Brownian tree, the noise of the SDE samplers.
 //! * [`schedule`]: betas, ᾱ, σ and the spaced timesteps / Karras σs of a scheduler config.
 //! * [`sampler`]: Euler, Euler a, DPM++ 2M and DDIM steps on candle tensors.
 
+pub mod brownian;
 pub mod philox;
 pub mod rng;
 pub mod sampler;
