@@ -1,12 +1,18 @@
 //! Noise, noise schedules and samplers, matching diffusers' schedulers step for step.
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
+//! * [`philox`]: A1111's "NV" Philox generator (imitating torch's CUDA `randn`).
+//! * [`brownian`]: torchsde's seeded Brownian tree, the noise of the SDE samplers.
+//! * [`variation`]: A1111's variation-seed (subseed) slerp of two noises.
 //! * [`schedule`]: betas, ᾱ, σ and the spaced timesteps / Karras σs of a scheduler config.
 //! * [`sampler`]: Euler, Euler a, DPM++ 2M and DDIM steps on candle tensors.
 
+pub mod brownian;
+pub mod philox;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod variation;
 
 pub use rng::{randn_batch, ImageRng, NoiseKind, TorchRng};
 pub use sampler::{Sampler, SamplerKind};
