@@ -8,6 +8,12 @@
 //! `padding="max_length", max_length=77, truncation=True`:
 //! `[BOS, ≤75 tokens, EOS, pad…]`, pad 49407 for the first tokenizer and 0 (`!`) for the second.
 
+pub mod chunks;
+pub mod emphasis;
+
+pub use chunks::{Chunk, PromptChunks, MAX_CHUNKS};
+pub use emphasis::{parse_attention, Piece};
+
 use tokenizers::Tokenizer;
 
 /// Sequence length of both CLIP text encoders.
@@ -51,6 +57,9 @@ pub enum PromptError {
     /// The tokenizer rejected the text.
     #[error("tokenizing with `{name}`: {message}")]
     Encode { name: &'static str, message: String },
+    /// More 75-token chunks than [`MAX_CHUNKS`].
+    #[error("{chunks} chunks of 75 tokens is too long: at most {max} are allowed")]
+    TooLong { chunks: usize, max: usize },
 }
 
 /// One CLIP BPE tokenizer and its pad id.
