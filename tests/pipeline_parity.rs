@@ -71,7 +71,6 @@ cases! {
     no_negative_prompt_gives_zero_embeddings => "noneg_m_euler_128x128_nolora_s3_n8",
     guidance_one_runs_without_cfg => "nocfg_m_euler_128x128_nolora_s3_n8",
     empty_prompts_are_encoded => "emptyprompt_m_euler_128x128_nolora_s13_n8",
-    long_prompt_is_truncated => "longprompt_m_euler_a_128x128_nolora_s5_n8",
     steps20_dpmpp_2m_karras_128x192 => "steps20_m_dpmpp_2m_karras_128x192_nolora_s11_n20",
     steps20_euler_a_128x192 => "steps20_m_euler_a_128x192_nolora_s12_n20",
     batch_of_two_uses_seed_plus_i => "batch2_m_euler_a_128x128_nolora_s42_n8",

@@ -9,7 +9,9 @@ use crate::model::vae::{Vae, VaeConfig};
 use crate::model::vae_names::vae_name_map;
 use crate::model::ModelError;
 use crate::model::ShapeMap;
-use crate::prompt::{Chunk, ClipTokenizers, Emphasis, PromptChunks, PromptError, MAX_CHUNKS, MAX_LENGTH};
+use crate::prompt::{
+    Chunk, ClipTokenizers, Emphasis, PromptChunks, PromptError, MAX_CHUNKS, MAX_LENGTH,
+};
 use crate::sampling::{
     self, NoiseKind, Sampler, SamplerKind, ScheduleConfig, SdeNoise, SigmaSchedule, TorchRng,
 };

@@ -23,7 +23,9 @@
 //! chunk counts always agree; only the padding id after EOS differs.
 
 use super::emphasis::{parse_attention, Piece};
-use super::{ClipTokenizers, Emphasis, PromptError, BOS_ID, EOS_ID, MAX_CONTENT_TOKENS, MAX_LENGTH};
+use super::{
+    ClipTokenizers, Emphasis, PromptError, BOS_ID, EOS_ID, MAX_CONTENT_TOKENS, MAX_LENGTH,
+};
 
 /// A1111's `comma_padding_backtrack` default: how far back a comma may be and still pull
 /// the tokens after it into the next chunk.

@@ -238,10 +238,7 @@ mod tests {
     /// The examples in the docstring of A1111's `parse_prompt_attention`, with its outputs.
     #[test]
     fn a1111_docstring_examples() {
-        assert_eq!(
-            parse_attention("normal text"),
-            vec![t("normal text", 1.0)]
-        );
+        assert_eq!(parse_attention("normal text"), vec![t("normal text", 1.0)]);
         assert_eq!(
             parse_attention("an (important) word"),
             vec![t("an ", 1.0), t("important", 1.1), t(" word", 1.0)]
@@ -366,7 +363,13 @@ mod tests {
         );
         assert_eq!(
             parse_attention("a\n BREAK\tBREAK  b"),
-            vec![t("a", 1.0), Piece::Break, t("", 1.0), Piece::Break, t("b", 1.0)]
+            vec![
+                t("a", 1.0),
+                Piece::Break,
+                t("", 1.0),
+                Piece::Break,
+                t("b", 1.0)
+            ]
         );
         // Next to brackets: the run ends at the bracket, which is a word boundary.
         assert_eq!(
