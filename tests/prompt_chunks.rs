@@ -79,7 +79,7 @@ fn parser_matches_a1111_on_random_strings() {
 fn chunks_match_comfyui_and_a1111_rules() {
     let data = fixture("chunk_cases.json");
     let cases = data["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 12);
     let t = tokenizers();
     let mut rules_differ = 0;
     for case in cases {
