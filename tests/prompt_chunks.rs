@@ -117,7 +117,7 @@ fn a_150_token_prompt_is_two_full_chunks() {
     let cat = t.te1.content_ids("cat").unwrap();
     let dog = t.te1.content_ids("dog").unwrap();
     assert_eq!((cat.len(), dog.len()), (1, 1));
-    let prompt = vec!["cat dog"; 75].join(" ");
+    let prompt = ["cat dog"; 75].join(" ");
     for emphasis in [Emphasis::Comfy, Emphasis::A1111] {
         let p = t.tokenize_weighted(&prompt, emphasis).unwrap();
         assert_eq!(p.chunks.len(), 2);
@@ -145,7 +145,7 @@ fn words_across_the_chunk_boundary() {
     let word = "photorealistic";
     let w = t.te1.content_ids(word).unwrap();
     assert!(w.len() > 1 && w.len() < COMFY_MAX_WORD_TOKENS, "{w:?}");
-    let prompt = format!("{} {word} sky", vec!["blue"; 74].join(" "));
+    let prompt = format!("{} {word} sky", ["blue"; 74].join(" "));
     let comfy = t.tokenize_weighted(&prompt, Emphasis::Comfy).unwrap();
     assert_eq!(comfy.chunks.len(), 2);
     // 74 blues, EOS, EOS padding; the word starts chunk 2.
@@ -159,7 +159,7 @@ fn words_across_the_chunk_boundary() {
     let long = "supercalifragilisticexpialidociously";
     let l = t.te1.content_ids(long).unwrap();
     assert!(l.len() >= COMFY_MAX_WORD_TOKENS, "{l:?}");
-    let prompt = format!("{} {long}", vec!["blue"; 72].join(" "));
+    let prompt = format!("{} {long}", ["blue"; 72].join(" "));
     let comfy = t.tokenize_weighted(&prompt, Emphasis::Comfy).unwrap();
     assert_eq!(comfy.chunks[0].te1[73..76], l[..3]);
     assert_eq!(comfy.chunks[1].te1[1..l.len() - 2], l[3..]);
@@ -172,11 +172,7 @@ fn comma_backtracking() {
     let t = tokenizers();
     // 60 single-token words, a comma (token 61), then 20 more words: the boundary falls
     // 14 tokens after the comma.
-    let prompt = format!(
-        "{}, {}",
-        vec!["cat"; 60].join(" "),
-        vec!["dog"; 20].join(" ")
-    );
+    let prompt = format!("{}, {}", ["cat"; 60].join(" "), ["dog"; 20].join(" "));
     let a = t.tokenize_weighted(&prompt, Emphasis::A1111).unwrap();
     assert_eq!(a.chunks[0].te1[61], COMMA_ID);
     assert_eq!(a.chunks[0].te1[62], EOS_ID, "text after the comma moved on");
@@ -185,11 +181,7 @@ fn comma_backtracking() {
     let c = t.tokenize_weighted(&prompt, Emphasis::Comfy).unwrap();
     assert_eq!(c.chunks[0].te1[62..76], [dog; 14]);
     // A comma further back than 20 tokens is ignored.
-    let prompt = format!(
-        "{}, {}",
-        vec!["cat"; 50].join(" "),
-        vec!["dog"; 30].join(" ")
-    );
+    let prompt = format!("{}, {}", ["cat"; 50].join(" "), ["dog"; 30].join(" "));
     let a = t.tokenize_weighted(&prompt, Emphasis::A1111).unwrap();
     assert_eq!(a.chunks[0].te1[75], dog);
 }
@@ -285,7 +277,7 @@ fn both_encoders_always_get_the_same_chunk_count() {
     let t = tokenizers();
     // `!` is one token for the first tokenizer and one per character for the second; a
     // prompt of many `!!!` would chunk differently if each used its own ids.
-    let prompt = vec!["wow!!!"; 60].join(" ");
+    let prompt = ["wow!!!"; 60].join(" ");
     for emphasis in [Emphasis::Comfy, Emphasis::A1111] {
         let p = t.tokenize_weighted(&prompt, emphasis).unwrap();
         for c in &p.chunks {
@@ -302,7 +294,7 @@ fn both_encoders_always_get_the_same_chunk_count() {
 #[test]
 fn overlong_prompts_are_rejected() {
     let t = tokenizers();
-    let prompt = vec!["cat"; 75 * MAX_CHUNKS + 1].join(" ");
+    let prompt = ["cat"; 75 * MAX_CHUNKS + 1].join(" ");
     for emphasis in [Emphasis::Comfy, Emphasis::A1111] {
         match t.tokenize_weighted(&prompt, emphasis) {
             Err(PromptError::TooLong { chunks, max }) => {
@@ -312,7 +304,7 @@ fn overlong_prompts_are_rejected() {
             other => panic!("expected TooLong, got {other:?}"),
         }
     }
-    let fits = vec!["cat"; 75 * MAX_CHUNKS].join(" ");
+    let fits = ["cat"; 75 * MAX_CHUNKS].join(" ");
     assert_eq!(
         t.tokenize_weighted(&fits, Emphasis::A1111)
             .unwrap()

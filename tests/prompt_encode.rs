@@ -215,7 +215,7 @@ fn weights_follow_the_comfyui_and_a1111_formulas() {
 #[test]
 fn chunks_are_encoded_separately_and_concatenated() {
     let f = fx();
-    let long = vec!["a red fox in the snow,"; 20].join(" ");
+    let long = ["a red fox in the snow,"; 20].join(" ");
     for prompt in [long.as_str(), "a cat BREAK (a dog:1.2) BREAK a bird"] {
         for emphasis in [Emphasis::Comfy, Emphasis::A1111] {
             let chunks = f.tok.tokenize_weighted(prompt, emphasis).unwrap().chunks;
@@ -293,7 +293,7 @@ fn long_prompt_prefix_matches_diffusers_truncation() {
 #[test]
 fn negative_prompt_matches_the_positive_length() {
     let f = fx();
-    let long = vec!["a red fox in the snow,"; 20].join(" ");
+    let long = ["a red fox in the snow,"; 20].join(" ");
     let neg_ids = f.tok.encode("ugly").unwrap();
     let (n1, n2, npooled) = by_hand(&neg_ids.te1, &neg_ids.te2, 2);
     let empty = f.tok.encode("").unwrap();
@@ -326,7 +326,7 @@ fn negative_prompt_matches_the_positive_length() {
     assert_eq!(c.prompt_embeds.dims(), &[1, 154, 192]);
     assert!(identical(&chunk(&neg, 0), &chunk(&neg, 1)));
     assert!(rel_max_diff(&chunk(&neg, 0), &both(&n1, &n2)) <= BATCH_TOL);
-    let three = vec!["a red fox in the snow,"; 30].join(" ");
+    let three = ["a red fox in the snow,"; 30].join(" ");
     let c = f
         .pipeline
         .encode(&request(&three, Some(&long), Emphasis::Comfy))
@@ -401,7 +401,7 @@ fn clip_skip_selects_the_layer_and_is_validated() {
 #[test]
 fn overlong_prompt_is_an_invalid_request_naming_the_field() {
     let f = fx();
-    let huge = vec!["cat"; 3000].join(" ");
+    let huge = ["cat"; 3000].join(" ");
     for (req, field) in [
         (request(&huge, None, Emphasis::Comfy), "prompt"),
         (
@@ -423,12 +423,12 @@ fn overlong_prompt_is_an_invalid_request_naming_the_field() {
 #[test]
 fn long_prompts_generate() {
     let f = fx();
-    let long = vec!["a red fox in the snow,"; 20].join(" ");
+    let long = ["a red fox in the snow,"; 20].join(" ");
     let mut req = request(&long, Some("ugly"), Emphasis::Comfy);
     req.guidance = 5.0;
     let out = f.pipeline.generate(&req, &mut |_| {}, &|| false).unwrap();
     let first_chunk_only = request(
-        &vec!["a red fox in the snow,"; 10].join(" "),
+        &["a red fox in the snow,"; 10].join(" "),
         Some("ugly"),
         Emphasis::Comfy,
     );

@@ -113,7 +113,7 @@ pub fn parse_attention(prompt: &str) -> Vec<Piece> {
             }
             _ => {
                 let len = rest
-                    .find(|c: char| matches!(c, '\\' | '(' | ')' | '[' | ']' | ':'))
+                    .find(['\\', '(', ')', '[', ']', ':'])
                     .unwrap_or(rest.len());
                 push_text(&mut res, &rest[..len]);
                 i += len;
