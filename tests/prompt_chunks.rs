@@ -12,7 +12,7 @@
 use sdxl_worker::prompt::chunks::{COMFY_MAX_WORD_TOKENS, COMMA_ID};
 use sdxl_worker::prompt::{
     parse_attention, ClipTokenizers, Emphasis, Piece, PromptError, BOS_ID, EOS_ID, MAX_CHUNKS,
-    MAX_LENGTH,
+    MAX_LENGTH, MAX_PROMPT_BYTES,
 };
 use std::sync::OnceLock;
 
@@ -303,6 +303,13 @@ fn overlong_prompts_are_rejected() {
             }
             other => panic!("expected TooLong, got {other:?}"),
         }
+    }
+    let huge = "(".repeat(MAX_PROMPT_BYTES + 1);
+    match t.tokenize_weighted(&huge, Emphasis::Comfy) {
+        Err(PromptError::TooManyBytes { bytes, max }) => {
+            assert_eq!((bytes, max), (MAX_PROMPT_BYTES + 1, MAX_PROMPT_BYTES))
+        }
+        other => panic!("expected TooManyBytes, got {other:?}"),
     }
     let fits = ["cat"; 75 * MAX_CHUNKS].join(" ");
     assert_eq!(

@@ -644,7 +644,7 @@ impl SdxlPipeline {
         self.tokenizers
             .tokenize_weighted(text, emphasis)
             .map_err(|e| match e {
-                PromptError::TooLong { .. } => {
+                PromptError::TooLong { .. } | PromptError::TooManyBytes { .. } => {
                     PipelineError::InvalidRequest(format!("{field} is too long: {e}"))
                 }
                 other => PipelineError::Prompt(format!("{field}: {other}")),

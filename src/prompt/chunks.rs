@@ -37,6 +37,10 @@ pub const COMFY_MAX_WORD_TOKENS: usize = 8;
 /// UNet's cross-attention context by 77; the limit keeps one request from taking the
 /// worker's memory.
 pub const MAX_CHUNKS: usize = 32;
+/// Longest prompt text accepted, in bytes: well above what [`MAX_CHUNKS`] chunks of text
+/// take, and low enough that the emphasis parser, quadratic in the number of brackets like
+/// A1111's, stays in milliseconds.
+pub const MAX_PROMPT_BYTES: usize = 32 * 1024;
 /// `,</w>` in the CLIP vocabulary.
 pub const COMMA_ID: u32 = 267;
 
@@ -110,12 +114,18 @@ impl ClipTokenizers {
 
     /// Parses emphasis and `BREAK` in `text` and splits it into chunks by the rules that go
     /// with `emphasis` (module documentation). Fails only on tokenizer errors and on prompts
-    /// longer than [`MAX_CHUNKS`] chunks.
+    /// longer than [`MAX_CHUNKS`] chunks or [`MAX_PROMPT_BYTES`].
     pub fn tokenize_weighted(
         &self,
         text: &str,
         emphasis: Emphasis,
     ) -> Result<PromptChunks, PromptError> {
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(PromptError::TooManyBytes {
+                bytes: text.len(),
+                max: MAX_PROMPT_BYTES,
+            });
+        }
         let pieces = parse_attention(text);
         if let [Piece::Text { text, weight }] = pieces.as_slice() {
             if *weight == 1.0 {

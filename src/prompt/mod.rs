@@ -11,7 +11,7 @@
 pub mod chunks;
 pub mod emphasis;
 
-pub use chunks::{Chunk, PromptChunks, MAX_CHUNKS};
+pub use chunks::{Chunk, PromptChunks, MAX_CHUNKS, MAX_PROMPT_BYTES};
 pub use emphasis::{parse_attention, Piece};
 
 use tokenizers::Tokenizer;
@@ -60,6 +60,9 @@ pub enum PromptError {
     /// More 75-token chunks than [`MAX_CHUNKS`].
     #[error("{chunks} chunks of 75 tokens is too long: at most {max} are allowed")]
     TooLong { chunks: usize, max: usize },
+    /// More text than [`chunks::MAX_PROMPT_BYTES`].
+    #[error("{bytes} bytes is too long: at most {max} are allowed")]
+    TooManyBytes { bytes: usize, max: usize },
 }
 
 /// One CLIP BPE tokenizer and its pad id.
