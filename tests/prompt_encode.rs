@@ -306,45 +306,69 @@ fn negative_prompt_matches_the_positive_length() {
         .len();
     assert_eq!(k, 2);
 
-    // A1111: the negative gets empty-prompt chunks.
-    let c = f
-        .pipeline
-        .encode(&request(&long, Some("ugly"), Emphasis::A1111))
-        .unwrap();
-    let neg = c.negative_prompt_embeds.unwrap();
-    assert_eq!(neg.dims(), &[1, 154, 192]);
-    assert!(rel_max_diff(&chunk(&neg, 0), &both(&n1, &n2)) <= BATCH_TOL);
-    assert!(rel_max_diff(&chunk(&neg, 1), &both(&e1, &e2)) <= BATCH_TOL);
-    assert!(rel_max_diff(&c.negative_pooled.unwrap(), &npooled) <= BATCH_TOL);
-
-    // ComfyUI: both sides repeated to the least common multiple of their chunk counts.
-    let c = f
-        .pipeline
-        .encode(&request(&long, Some("ugly"), Emphasis::Comfy))
-        .unwrap();
-    let neg = c.negative_prompt_embeds.unwrap();
-    assert_eq!(c.prompt_embeds.dims(), &[1, 154, 192]);
-    assert!(identical(&chunk(&neg, 0), &chunk(&neg, 1)));
-    assert!(rel_max_diff(&chunk(&neg, 0), &both(&n1, &n2)) <= BATCH_TOL);
+    // Both sides repeated to the least common multiple of their chunk counts, in every mode.
+    for emphasis in [Emphasis::Comfy, Emphasis::A1111] {
+        let c = f
+            .pipeline
+            .encode(&request(&long, Some("ugly"), emphasis))
+            .unwrap();
+        let neg = c.negative_prompt_embeds.unwrap();
+        assert_eq!(c.prompt_embeds.dims(), &[1, 154, 192]);
+        assert_eq!(neg.dims(), &[1, 154, 192]);
+        assert!(identical(&chunk(&neg, 0), &chunk(&neg, 1)));
+        assert!(rel_max_diff(&chunk(&neg, 0), &both(&n1, &n2)) <= BATCH_TOL);
+        assert!(rel_max_diff(&c.negative_pooled.unwrap(), &npooled) <= BATCH_TOL);
+    }
     let three = ["a red fox in the snow,"; 30].join(" ");
     let c = f
         .pipeline
         .encode(&request(&three, Some(&long), Emphasis::Comfy))
         .unwrap();
     assert_eq!(c.prompt_embeds.dims(), &[1, 77 * 6, 192]);
-    assert_eq!(c.negative_prompt_embeds.unwrap().dims(), &[1, 77 * 6, 192]);
-    assert!(identical(
-        &chunk(&c.prompt_embeds, 0),
-        &chunk(&c.prompt_embeds, 3)
-    ));
-
-    // The positive side is padded when the negative is longer (A1111).
+    let neg = c.negative_prompt_embeds.unwrap();
+    assert_eq!(neg.dims(), &[1, 77 * 6, 192]);
+    // 3 chunks twice, 2 chunks three times.
+    for i in 0..3 {
+        assert!(identical(
+            &chunk(&c.prompt_embeds, i),
+            &chunk(&c.prompt_embeds, i + 3)
+        ));
+    }
+    for i in 0..2 {
+        assert!(identical(&chunk(&neg, i), &chunk(&neg, i + 2)));
+        assert!(identical(&chunk(&neg, i), &chunk(&neg, i + 4)));
+    }
+    assert!(!identical(&chunk(&neg, 0), &chunk(&neg, 1)));
+    // The positive side is repeated when the negative is longer.
     let c = f
         .pipeline
         .encode(&request("ugly", Some(&long), Emphasis::A1111))
         .unwrap();
     assert_eq!(c.prompt_embeds.dims(), &[1, 154, 192]);
-    assert!(rel_max_diff(&chunk(&c.prompt_embeds, 1), &both(&e1, &e2)) <= BATCH_TOL);
+    assert!(identical(
+        &chunk(&c.prompt_embeds, 0),
+        &chunk(&c.prompt_embeds, 1)
+    ));
+
+    // 7 and 5 chunks: the common multiple (35) is over the limit, so the shorter side gets
+    // empty-prompt chunks (A1111's "Pad conds").
+    let seven = ["a red fox in the snow,"; 70].join(" ");
+    let five = ["a grey wolf in the rain,"; 50].join(" ");
+    let kp = f.tok.tokenize_weighted(&seven, Emphasis::A1111).unwrap();
+    let kn = f.tok.tokenize_weighted(&five, Emphasis::A1111).unwrap();
+    assert_eq!((kp.chunks.len(), kn.chunks.len()), (7, 5));
+    let c = f
+        .pipeline
+        .encode(&request(&seven, Some(&five), Emphasis::A1111))
+        .unwrap();
+    let neg = c.negative_prompt_embeds.unwrap();
+    assert_eq!(neg.dims(), &[1, 77 * 7, 192]);
+    assert_eq!(c.prompt_embeds.dims(), &[1, 77 * 7, 192]);
+    for i in 5..7 {
+        assert!(rel_max_diff(&chunk(&neg, i), &both(&e1, &e2)) <= BATCH_TOL);
+    }
+    let (h1, h2, _) = by_hand(&kn.chunks[4].te1, &kn.chunks[4].te2, 2);
+    assert!(rel_max_diff(&chunk(&neg, 4), &both(&h1, &h2)) <= BATCH_TOL);
 
     // No negative prompt: zeros of the positive's shape.
     let c = f
@@ -509,4 +533,43 @@ fn clip_skip_matches_diffusers() {
         negatives.push(neg);
     }
     assert!(identical(&negatives[0], &negatives[1]));
+}
+
+/// Why repeating a context whole is a faithful way to give both CFG sides one length: the
+/// UNet's output for `[c, c]` equals its output for `c` (cross-attention weights halve
+/// over the duplicated keys), up to float rounding.
+#[test]
+fn a_repeated_context_gives_the_same_unet_output() {
+    use sdxl_worker::model::unet::{time_ids_embedding, UNet, UNetConfig, TIME_ID_DIM};
+    let cfg = UNetConfig::infer(&shape_map(&checkpoint()), "model.diffusion_model").unwrap();
+    let unet = UNet::new(var_builder(DType::F32).pp("model.diffusion_model"), &cfg).unwrap();
+    let cond = encode("a red fox in the snow", Emphasis::Comfy);
+    let y = Tensor::cat(
+        &[
+            &cond.pooled,
+            &time_ids_embedding(&cond.time_ids, TIME_ID_DIM).unwrap(),
+        ],
+        1,
+    )
+    .unwrap();
+    let x = Tensor::arange(0f32, 1024.0, &Device::Cpu)
+        .unwrap()
+        .affine(0.37, 0.0)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape((1, 4, 16, 16))
+        .unwrap();
+    let t = Tensor::new(&[500f32], &Device::Cpu).unwrap();
+    let once = unet.forward(&x, &t, &cond.prompt_embeds, &y).unwrap();
+    let doubled = Tensor::cat(&[&cond.prompt_embeds, &cond.prompt_embeds], 1).unwrap();
+    let twice = unet.forward(&x, &t, &doubled, &y).unwrap();
+    let d = rel_max_diff(&twice, &once);
+    eprintln!("UNet output, context repeated vs once: rel diff {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
+    // The empty-chunk padding used past the limit does change the output.
+    let empty = encode("", Emphasis::Comfy).prompt_embeds;
+    let padded = Tensor::cat(&[&cond.prompt_embeds, &empty], 1).unwrap();
+    let other = unet.forward(&x, &t, &padded, &y).unwrap();
+    assert!(rel_max_diff(&other, &once) > 1e-3);
 }

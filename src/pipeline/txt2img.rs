@@ -697,13 +697,14 @@ impl SdxlPipeline {
 
     /// The conditioning for `req`: diffusers' for plain prompts of ≤ 75 tokens, long and
     /// weighted prompts as ComfyUI/A1111 (see [`crate::prompt::chunks`]). With CFG the
-    /// negative side gets the same length as the positive one: zeros for a `None` negative
-    /// prompt (diffusers' `force_zeros_for_empty_prompt`); with different chunk counts,
-    /// A1111 modes pad the shorter with empty-prompt chunks (`pad_cond_uncond`), while
-    /// `Emphasis::Comfy` repeats both to the least common multiple of the counts, as
-    /// ComfyUI's `CONDCrossAttn.concat` does (attention over a repeated context equals
-    /// attention over the context once, so each side behaves as if encoded alone); when that
-    /// multiple exceeds [`MAX_CHUNKS`] it pads with empty chunks too.
+    /// negative side gets the same length as the positive one (the UNet runs both in one
+    /// batch): zeros for a `None` negative prompt (diffusers' `force_zeros_for_empty_prompt`);
+    /// with different chunk counts both are repeated to the least common multiple of the
+    /// counts, as ComfyUI's `CONDCrossAttn.concat` does. Attention over a context repeated
+    /// whole equals attention over it once, so each side acts as if run alone, which is
+    /// also what A1111 does by default (`pad_cond_uncond` off: separate UNet calls). Only
+    /// when that multiple exceeds [`MAX_CHUNKS`] is the shorter side padded with
+    /// empty-prompt chunks instead (A1111's opt-in "Pad conds"), which changes its result.
     pub fn encode(&self, req: &GenerateRequest) -> Result<Conditioning, PipelineError> {
         let layers = self.clip_layers(req.clip_skip)?;
         let mut pos = self.tokenize_field("prompt", &req.prompt, req.emphasis)?;
@@ -713,13 +714,13 @@ impl SdxlPipeline {
             }
             _ => None,
         };
-        // Chunk counts of both sides and how many times to repeat each (Comfy only).
+        // How many times to repeat each side's embeddings to a common length.
         let mut repeat = (1, 1);
         if let Some(neg) = neg.as_mut() {
             let (kp, kn) = (pos.chunks.len(), neg.chunks.len());
             let common = kp / gcd(kp, kn) * kn;
             if kp != kn {
-                if req.emphasis == Emphasis::Comfy && common <= MAX_CHUNKS {
+                if common <= MAX_CHUNKS {
                     repeat = (common / kp, common / kn);
                 } else {
                     pos.pad_with_empty_chunks(kn, &self.tokenizers);
