@@ -47,6 +47,40 @@ pub enum Emphasis {
     Ignore,
 }
 
+impl Emphasis {
+    /// Every mode with its request name, for parsing and for error messages.
+    pub const NAMES: [(&'static str, Emphasis); 4] = [
+        ("comfy", Emphasis::Comfy),
+        ("a1111", Emphasis::A1111),
+        ("a1111_no_norm", Emphasis::A1111NoNorm),
+        ("ignore", Emphasis::Ignore),
+    ];
+
+    /// The mode called `name` (see [`Emphasis::NAMES`]), case-insensitively; A1111's own
+    /// option names ("Original", "No norm") are accepted too.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let lower = name.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "original" => Some(Emphasis::A1111),
+            "no norm" | "no_norm" => Some(Emphasis::A1111NoNorm),
+            _ => Self::NAMES
+                .iter()
+                .find(|(n, _)| *n == lower)
+                .map(|&(_, e)| e),
+        }
+    }
+
+    /// The request name of this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Emphasis::Comfy => "comfy",
+            Emphasis::A1111 => "a1111",
+            Emphasis::A1111NoNorm => "a1111_no_norm",
+            Emphasis::Ignore => "ignore",
+        }
+    }
+}
+
 /// Errors of the prompt module.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -220,6 +254,17 @@ mod tests {
         assert_eq!(&ids.te2[..3], &[BOS_ID, EOS_ID, 0]);
         assert_eq!(ids.te1.len(), MAX_LENGTH);
         assert_eq!(ids.te2.len(), MAX_LENGTH);
+    }
+
+    #[test]
+    fn emphasis_names_round_trip() {
+        for (name, e) in Emphasis::NAMES {
+            assert_eq!(Emphasis::from_name(name), Some(e));
+            assert_eq!(e.name(), name);
+        }
+        assert_eq!(Emphasis::from_name("Original"), Some(Emphasis::A1111));
+        assert_eq!(Emphasis::from_name("No norm"), Some(Emphasis::A1111NoNorm));
+        assert_eq!(Emphasis::from_name("comfyui"), None);
     }
 
     #[test]
