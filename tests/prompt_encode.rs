@@ -573,3 +573,41 @@ fn a_repeated_context_gives_the_same_unet_output() {
     let other = unet.forward(&x, &t, &padded, &y).unwrap();
     assert!(rel_max_diff(&other, &once) > 1e-3);
 }
+
+/// Long, weighted and BREAK prompts end to end against diffusers' own text encoders with
+/// the ComfyUI and A1111 weighting applied in torch (`fixtures/prompt/weighted`, made by
+/// `make_weighted_refs.py` from the ids of `chunk_cases.json`).
+#[test]
+fn weighted_prompts_match_the_torch_reference() {
+    let dir = fixtures().join("prompt/weighted");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    let mut worst = (0f32, 0f32);
+    for c in cases {
+        let stem = c["stem"].as_str().unwrap();
+        let emphasis = match c["rule"].as_str().unwrap() {
+            "comfy" => Emphasis::Comfy,
+            "a1111" => Emphasis::A1111,
+            other => panic!("rule {other}"),
+        };
+        let cond = encode(c["prompt"].as_str().unwrap(), emphasis);
+        let want = npy_tensor(&dir.join(format!("{stem}_prompt_embeds.npy")));
+        assert_eq!(
+            want.dim(1).unwrap(),
+            77 * c["chunks"].as_u64().unwrap() as usize
+        );
+        let de = rel_max_diff(&cond.prompt_embeds, &want);
+        let dp = rel_max_diff(
+            &cond.pooled,
+            &npy_tensor(&dir.join(format!("{stem}_pooled_prompt_embeds.npy"))),
+        );
+        assert!(de <= TOL && dp <= TOL, "{stem}: embeds {de}, pooled {dp}");
+        worst = (worst.0.max(de), worst.1.max(dp));
+    }
+    eprintln!(
+        "weighted/long prompts vs torch: worst rel diff embeds {:.2e}, pooled {:.2e}",
+        worst.0, worst.1
+    );
+}
