@@ -666,6 +666,7 @@ impl SdxlPipeline {
         let k = prompt.chunks.len();
         let weighted = prompt.is_weighted() && emphasis != Emphasis::Ignore;
         let with_empty = weighted && emphasis == Emphasis::Comfy;
+        let _span = tracing::debug_span!("encode_text", chunks = k, weighted, layers).entered();
         let empty = with_empty.then(|| self.tokenizers.empty_chunk());
         let rows: Vec<&Chunk> = prompt.chunks.iter().chain(empty.as_ref()).collect();
         let n = rows.len();

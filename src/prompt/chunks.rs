@@ -9,7 +9,7 @@
 //!   tokenizer's `!` quirk survive; ComfyUI and A1111 use one CLIP tokenizer for both.)
 //! * **ComfyUI rules** (`Emphasis::Comfy`, `comfy/sd1_clip.py` `tokenize_with_weights`):
 //!   every weighted text is split into words at spaces (newlines count as spaces) and each
-//!   word tokenized on its own. A word that does not fit in the current chunk moves whole
+//!   word tokenized on its own (as one token when `word</w>` is in the vocabulary). A word that does not fit in the current chunk moves whole
 //!   to the next one, unless it has 8 or more tokens: such a word fills the chunk and
 //!   continues in the next.
 //! * **A1111 rules** (the A1111 modes and `Ignore`, `modules/sd_hijack_clip.py`
@@ -21,6 +21,11 @@
 //! chunk for a leading `BREAK`; ComfyUI has no `BREAK`). Both encoders get the same content
 //! ids (the first tokenizer's, as ComfyUI and A1111 use one vocabulary for both), so their
 //! chunk counts always agree; only the padding id after EOS differs.
+//!
+//! The emphasis syntax is A1111's in every mode ([`super::emphasis`]). ComfyUI's own parser
+//! differs in three ways users may notice: it has no `[text]`, an explicit `(text:1.3)`
+//! inside other brackets replaces their weight instead of multiplying it, and it escapes
+//! only `\(` and `\)`.
 
 use super::emphasis::{parse_attention, Piece};
 use super::{
