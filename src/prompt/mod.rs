@@ -7,6 +7,9 @@
 //! pick up a different revision. The ids are what diffusers' SDXL pipeline produces with
 //! `padding="max_length", max_length=77, truncation=True`:
 //! `[BOS, ≤75 tokens, EOS, pad…]`, pad 49407 for the first tokenizer and 0 (`!`) for the second.
+//!
+//! Longer prompts, emphasis `(word:1.2)` and `BREAK` are handled by [`emphasis`] (the A1111
+//! syntax) and [`chunks`] (75-token chunks by ComfyUI's or A1111's rules).
 
 pub mod chunks;
 pub mod emphasis;
@@ -33,17 +36,20 @@ static TOKENIZER_1_JSON: &[u8] = include_bytes!("../../assets/tokenizers/tokeniz
 static TOKENIZER_2_JSON: &[u8] =
     include_bytes!("../../assets/tokenizers/tokenizer_2/tokenizer.json");
 
-/// How `(word:1.2)` emphasis changes the embeddings.
+/// How `(word:1.2)` emphasis changes the embeddings, and which program's rules split a long
+/// prompt into chunks ([`chunks`]). The syntax itself is A1111's in every mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Emphasis {
-    /// ComfyUI: `z = (z − z_empty)·w + z_empty` per token.
+    /// ComfyUI: `z = (z − z_empty)·w + z_empty` per weighted token; ComfyUI's chunking.
     #[default]
     Comfy,
-    /// A1111 "Original": `z·w`, then rescaled to the unweighted mean.
+    /// A1111 "Original": `z·w`, then each chunk rescaled to its unweighted mean; A1111's
+    /// chunking (comma backtracking).
     A1111,
-    /// A1111 "No norm": `z·w` without the rescale.
+    /// A1111 "No norm": `z·w` without the rescale; A1111's chunking.
     A1111NoNorm,
-    /// The syntax is parsed (brackets removed) but weights are ignored.
+    /// A1111 "Ignore": the syntax is parsed (brackets removed) but weights are ignored;
+    /// A1111's chunking.
     Ignore,
 }
 
