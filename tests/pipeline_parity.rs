@@ -41,6 +41,12 @@ fn run_case(id: &str) {
     check_output(id, &dir, &out, req.num_images as usize);
 }
 
+/// Cases whose diffusers behaviour the worker deliberately does not copy, checked by
+/// another test: diffusers truncates prompts to 77 tokens, the worker encodes long prompts
+/// in chunks (tests/prompt_encode.rs `long_prompt_prefix_matches_diffusers_truncation`
+/// compares the positions both share).
+const CHECKED_ELSEWHERE: &[&str] = &["longprompt_m_euler_a_128x128_nolora_s5_n8"];
+
 macro_rules! cases {
     ($($name:ident => $id:literal,)*) => {
         $(#[test] fn $name() { run_case($id); })*
@@ -52,7 +58,10 @@ macro_rules! cases {
             for c in manifest()["cases"].as_array().unwrap() {
                 if c["lora"].is_null() {
                     let id = c["id"].as_str().unwrap();
-                    assert!(covered.contains(&id), "no test for case {id}");
+                    assert!(
+                        covered.contains(&id) || CHECKED_ELSEWHERE.contains(&id),
+                        "no test for case {id}"
+                    );
                 }
             }
         }
@@ -71,7 +80,6 @@ cases! {
     no_negative_prompt_gives_zero_embeddings => "noneg_m_euler_128x128_nolora_s3_n8",
     guidance_one_runs_without_cfg => "nocfg_m_euler_128x128_nolora_s3_n8",
     empty_prompts_are_encoded => "emptyprompt_m_euler_128x128_nolora_s13_n8",
-    long_prompt_is_truncated => "longprompt_m_euler_a_128x128_nolora_s5_n8",
     steps20_dpmpp_2m_karras_128x192 => "steps20_m_dpmpp_2m_karras_128x192_nolora_s11_n20",
     steps20_euler_a_128x192 => "steps20_m_euler_a_128x192_nolora_s12_n20",
     batch_of_two_uses_seed_plus_i => "batch2_m_euler_a_128x128_nolora_s42_n8",

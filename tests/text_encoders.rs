@@ -156,8 +156,11 @@ fn layer_selection_differs_and_is_validated() {
         te1.forward(&ids, 0, false),
         Err(ModelError::Unsupported(_))
     ));
+    // layers + 1 = `hidden_states[0]`, the embeddings before any layer; one more is too far.
+    let embeddings = te1.forward(&ids, 3, false).unwrap().hidden;
+    assert!(rel_max_diff(&embeddings, &pen) > 1e-2);
     assert!(matches!(
-        te1.forward(&ids, 3, false),
+        te1.forward(&ids, 4, false),
         Err(ModelError::Unsupported(_))
     ));
     let too_long = Tensor::zeros((1, 78), DType::U32, &Device::Cpu).unwrap();

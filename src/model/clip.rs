@@ -329,10 +329,12 @@ impl ClipTextModel {
 
     /// Encodes token ids `[B, L]` (u32 or i64, `L ≤ max_positions`).
     ///
-    /// `layers_from_end` selects the hidden state returned: 1 = the last layer's output,
-    /// 2 = the penultimate one (SDXL's default, diffusers `hidden_states[-2]`), … up to
-    /// `layers`. The final LayerNorm is never applied to `hidden`. Layers after the selected
-    /// one are only run when `want_pooled` is set (the pooled output needs the last layer).
+    /// `layers_from_end` selects the hidden state returned, as Hugging Face's
+    /// `hidden_states[-layers_from_end]`: 1 = the last layer's output, 2 = the penultimate
+    /// one (SDXL's default), … up to `layers + 1` = the token and position embeddings before
+    /// any layer (what diffusers' `clip_skip` reaches on shallow encoders). The final
+    /// LayerNorm is never applied to `hidden`. Layers after the selected one are only run
+    /// when `want_pooled` is set (the pooled output needs the last layer).
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -340,9 +342,10 @@ impl ClipTextModel {
         want_pooled: bool,
     ) -> Result<ClipTextOutput, ModelError> {
         let n = self.cfg.layers;
-        if layers_from_end == 0 || layers_from_end > n {
+        if layers_from_end == 0 || layers_from_end > n + 1 {
             return Err(ModelError::Unsupported(format!(
-                "layers_from_end {layers_from_end} is out of range 1..={n} for this text encoder"
+                "layers_from_end {layers_from_end} is out of range 1..={} for this text encoder",
+                n + 1
             )));
         }
         let ids_host = host_ids(input_ids)?;
@@ -370,9 +373,9 @@ impl ClipTextModel {
         let mut x = tok.reshape((b, l, self.cfg.width))?.broadcast_add(&pos)?;
         let mask = causal_mask(l, &self.device)?;
 
-        let keep_after = n - layers_from_end + 1; // number of layers whose output is `hidden`
+        let keep_after = n + 1 - layers_from_end; // number of layers whose output is `hidden`
         let run_layers = if want_pooled { n } else { keep_after };
-        let mut hidden = None;
+        let mut hidden = (keep_after == 0).then(|| x.clone());
         for (i, layer) in self.layers.iter().take(run_layers).enumerate() {
             x = layer.forward(&x, &mask, self.cfg.activation)?;
             if i + 1 == keep_after {

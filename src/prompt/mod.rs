@@ -7,6 +7,15 @@
 //! pick up a different revision. The ids are what diffusers' SDXL pipeline produces with
 //! `padding="max_length", max_length=77, truncation=True`:
 //! `[BOS, ≤75 tokens, EOS, pad…]`, pad 49407 for the first tokenizer and 0 (`!`) for the second.
+//!
+//! Longer prompts, emphasis `(word:1.2)` and `BREAK` are handled by [`emphasis`] (the A1111
+//! syntax) and [`chunks`] (75-token chunks by ComfyUI's or A1111's rules).
+
+pub mod chunks;
+pub mod emphasis;
+
+pub use chunks::{Chunk, PromptChunks, MAX_CHUNKS, MAX_PROMPT_BYTES};
+pub use emphasis::{parse_attention, Piece};
 
 use tokenizers::Tokenizer;
 
@@ -27,18 +36,55 @@ static TOKENIZER_1_JSON: &[u8] = include_bytes!("../../assets/tokenizers/tokeniz
 static TOKENIZER_2_JSON: &[u8] =
     include_bytes!("../../assets/tokenizers/tokenizer_2/tokenizer.json");
 
-/// How `(word:1.2)` emphasis changes the embeddings.
+/// How `(word:1.2)` emphasis changes the embeddings, and which program's rules split a long
+/// prompt into chunks ([`chunks`]). The syntax itself is A1111's in every mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Emphasis {
-    /// ComfyUI: `z = (z − z_empty)·w + z_empty` per token.
+    /// ComfyUI: `z = (z − z_empty)·w + z_empty` per weighted token; ComfyUI's chunking.
     #[default]
     Comfy,
-    /// A1111 "Original": `z·w`, then rescaled to the unweighted mean.
+    /// A1111 "Original": `z·w`, then each chunk rescaled to its unweighted mean; A1111's
+    /// chunking (comma backtracking).
     A1111,
-    /// A1111 "No norm": `z·w` without the rescale.
+    /// A1111 "No norm": `z·w` without the rescale; A1111's chunking.
     A1111NoNorm,
-    /// The syntax is parsed (brackets removed) but weights are ignored.
+    /// A1111 "Ignore": the syntax is parsed (brackets removed) but weights are ignored;
+    /// A1111's chunking.
     Ignore,
+}
+
+impl Emphasis {
+    /// Every mode with its request name, for parsing and for error messages.
+    pub const NAMES: [(&'static str, Emphasis); 4] = [
+        ("comfy", Emphasis::Comfy),
+        ("a1111", Emphasis::A1111),
+        ("a1111_no_norm", Emphasis::A1111NoNorm),
+        ("ignore", Emphasis::Ignore),
+    ];
+
+    /// The mode called `name` (see [`Emphasis::NAMES`]), case-insensitively; A1111's own
+    /// option names ("Original", "No norm") are accepted too.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let lower = name.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "original" => Some(Emphasis::A1111),
+            "no norm" | "no_norm" => Some(Emphasis::A1111NoNorm),
+            _ => Self::NAMES
+                .iter()
+                .find(|(n, _)| *n == lower)
+                .map(|&(_, e)| e),
+        }
+    }
+
+    /// The request name of this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Emphasis::Comfy => "comfy",
+            Emphasis::A1111 => "a1111",
+            Emphasis::A1111NoNorm => "a1111_no_norm",
+            Emphasis::Ignore => "ignore",
+        }
+    }
 }
 
 /// Errors of the prompt module.
@@ -51,6 +97,12 @@ pub enum PromptError {
     /// The tokenizer rejected the text.
     #[error("tokenizing with `{name}`: {message}")]
     Encode { name: &'static str, message: String },
+    /// More 75-token chunks than [`MAX_CHUNKS`].
+    #[error("{chunks} chunks of 75 tokens is too long: at most {max} are allowed")]
+    TooLong { chunks: usize, max: usize },
+    /// More text than [`chunks::MAX_PROMPT_BYTES`].
+    #[error("{bytes} bytes is too long: at most {max} are allowed")]
+    TooManyBytes { bytes: usize, max: usize },
 }
 
 /// One CLIP BPE tokenizer and its pad id.
@@ -208,6 +260,17 @@ mod tests {
         assert_eq!(&ids.te2[..3], &[BOS_ID, EOS_ID, 0]);
         assert_eq!(ids.te1.len(), MAX_LENGTH);
         assert_eq!(ids.te2.len(), MAX_LENGTH);
+    }
+
+    #[test]
+    fn emphasis_names_round_trip() {
+        for (name, e) in Emphasis::NAMES {
+            assert_eq!(Emphasis::from_name(name), Some(e));
+            assert_eq!(e.name(), name);
+        }
+        assert_eq!(Emphasis::from_name("Original"), Some(Emphasis::A1111));
+        assert_eq!(Emphasis::from_name("No norm"), Some(Emphasis::A1111NoNorm));
+        assert_eq!(Emphasis::from_name("comfyui"), None);
     }
 
     #[test]
