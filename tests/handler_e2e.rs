@@ -326,7 +326,10 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
             "loras[0].strength",
         ),
         (json!({"prompt": "a", "clip_skip": 0}), "field `clip_skip`"),
-        (json!({"prompt": "a", "clip_skip": 13}), "field `clip_skip`"),
+        (json!({"prompt": "a", "clip_skip": 14}), "field `clip_skip`"),
+        // Within the schema's range but deeper than the test model's 2-layer encoders: the
+        // engine refuses it as invalid input, naming the field.
+        (json!({"prompt": "a", "clip_skip": 4}), "clip_skip"),
         (
             json!({"prompt": "a", "output_format": "gif"}),
             "field `output_format`",

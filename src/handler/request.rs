@@ -639,7 +639,7 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
 
     let num_images = c.integer("num_images", 1, 8);
     let checkpoint = c.string("checkpoint");
-    let clip_skip = c.integer("clip_skip", 1, 12).map(|n| n as u32);
+    let clip_skip = c.integer("clip_skip", 1, 13).map(|n| n as u32);
     let prompt_weighting = choice(
         &mut c,
         "prompt_weighting",
