@@ -1,15 +1,20 @@
-//! Noise, noise schedules and samplers, matching diffusers' schedulers step for step.
+//! Noise, noise schedules and samplers: k-diffusion's σ-space samplers that also reproduce
+//! diffusers' schedulers step for step on diffusers' own spacings.
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
-//! * [`schedule`]: betas, ᾱ, σ and the spaced timesteps / Karras σs of a scheduler config.
-//! * [`sampler`]: Euler, Euler a, DPM++ 2M and DDIM steps on candle tensors.
+//! * [`schedule`]: betas, ᾱ, σ and every σ schedule (diffusers spacings, Karras,
+//!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
+//! * [`sampler`]: the twelve samplers, driven by a model callback.
+//! * [`guidance`]: classifier-free guidance and diffusers' `guidance_rescale`.
 
+mod brownian_adaptor;
+pub mod guidance;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
 
 pub use rng::{randn_batch, ImageRng, NoiseKind, TorchRng};
-pub use sampler::{Sampler, SamplerKind};
+pub use sampler::{ModelSampling, Sampler, SamplerKind, SamplerNoise, StepInfo};
 pub use schedule::{PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing};
 
 /// Where SDE samplers (DPM++ SDE, DPM++ 2M/3M SDE) get their noise.
