@@ -2,6 +2,7 @@
 //! diffusers' schedulers step for step on diffusers' own spacings.
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
+//! * [`philox`]: A1111's "NV" Philox generator (imitating torch's CUDA `randn`).
 //! * [`schedule`]: betas, ᾱ, σ and every σ schedule (diffusers spacings, Karras,
 //!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
 //! * [`sampler`]: the twelve samplers, driven by a model callback.
@@ -9,6 +10,7 @@
 
 mod brownian_adaptor;
 pub mod guidance;
+pub mod philox;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
