@@ -279,7 +279,12 @@ pub struct SamplerNoise<'a> {
     device: Device,
     sde: SdeNoise,
     trees: Option<Vec<super::brownian_adaptor::Tree>>,
+    /// A caller-supplied SDE noise source (k-diffusion's `noise_sampler` argument).
+    custom: Option<SdeSource<'a>>,
 }
+
+/// A custom SDE noise source: `(σ, σ_next)` → unit noise shaped like the latents.
+pub type SdeSource<'a> = Box<dyn FnMut(f32, f32) -> Result<Tensor, SamplingError> + 'a>;
 
 impl<'a> SamplerNoise<'a> {
     /// `rngs[i]` and `seeds[i]` belong to image `i`; `per_image` is `[C, H, W]`.
@@ -303,7 +308,15 @@ impl<'a> SamplerNoise<'a> {
             device: device.clone(),
             sde,
             trees: None,
+            custom: None,
         })
+    }
+
+    /// Replaces the SDE noise (Brownian tree or generator draws) with `source`, e.g. noise
+    /// recorded from another implementation.
+    pub fn with_sde_source(mut self, source: SdeSource<'a>) -> Self {
+        self.custom = Some(source);
+        self
     }
 
     /// One standard normal draw per image from its generator, stacked `[N, C, H, W]`.
@@ -327,6 +340,9 @@ impl<'a> SamplerNoise<'a> {
         sigma_min: f32,
         sigma_max: f32,
     ) -> Result<Tensor, SamplingError> {
+        if let Some(source) = self.custom.as_mut() {
+            return source(sigma, sigma_next);
+        }
         if self.sde == SdeNoise::Gaussian {
             return self.gaussian();
         }
