@@ -1136,6 +1136,96 @@ mod tests {
         assert!(err.contains("plms") && err.contains("dpmpp_3m_sde"), "{err}");
     }
 
+    /// v-prediction gives the same D as ε-prediction when v is the v of the same (x0, ε):
+    /// `v = α·ε − σ_vp·x0` with α = 1/sqrt(σ²+1), σ_vp = σ·α, for x = x0 + σ·ε.
+    #[test]
+    fn v_prediction_matches_epsilon() {
+        let dev = Device::Cpu;
+        let x0 = Tensor::new(&[0.3f32, -1.2, 2.0, 0.0], &dev).unwrap();
+        let eps = Tensor::new(&[1.0f32, 0.5, -0.7, 2.2], &dev).unwrap();
+        for sigma in [0.03f32, 1.0, 14.6, 4096.0] {
+            let x = (&x0 + eps.affine(sigma as f64, 0.0).unwrap()).unwrap();
+            let a = 1.0 / ((sigma as f64).powi(2) + 1.0).sqrt();
+            let v = (eps.affine(a, 0.0).unwrap() - x0.affine(sigma as f64 * a, 0.0).unwrap())
+                .unwrap();
+            for lcm in [false, true] {
+                let e = ModelSampling {
+                    prediction: PredictionType::Epsilon,
+                    lcm,
+                };
+                let vp = ModelSampling {
+                    prediction: PredictionType::VPrediction,
+                    lcm,
+                };
+                let de = e.denoised(&eps, &x, sigma, 500.0).unwrap();
+                let dv = vp.denoised(&v, &x, sigma, 500.0).unwrap();
+                let diff = (de - dv)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                // Relative to |x| (σ·ε up to 1e4 at σ = 4096).
+                assert!(diff <= 1e-6 * (1.0 + 2.2 * sigma), "σ {sigma}: {diff}");
+            }
+        }
+    }
+
+    /// Every sampler on every schedule of a v-pred zero-terminal-SNR config (σ_max 4096)
+    /// stays finite on a fake model, and the first σ is 4096 for trailing spacing.
+    #[test]
+    fn ztsnr_v_pred_runs_finite() {
+        let dev = Device::Cpu;
+        let cfg = ScheduleConfig::sdxl_v_pred_ztsnr();
+        for kind in SamplerKind::ALL {
+            for schedule in SigmaSchedule::ALL {
+                let s = Sampler::new(kind, schedule, &cfg, 5).unwrap();
+                if schedule == SigmaSchedule::Trailing && kind != SamplerKind::Lcm {
+                    assert!((s.sigmas()[0] - 4096.0).abs() < 1.0, "{kind:?}");
+                }
+                let mut rngs = vec![ImageRng::new(super::super::NoiseKind::Cpu, 0)];
+                let noise = rngs[0].randn_tensor(&[1, 4, 2, 2], &dev).unwrap();
+                let x = s.init_latents(&noise).unwrap();
+                let mut src =
+                    SamplerNoise::new(&mut rngs, &[0], &[4, 2, 2], &dev, SdeNoise::Gaussian)
+                        .unwrap();
+                let ms = s.model_sampling();
+                let mut model = |x: &Tensor, sigma: f32, t: f64| {
+                    let v = ms.scale_input(x, sigma)?.affine(0.5, 0.01)?;
+                    Ok::<_, SamplingError>(ms.denoised(&v, x, sigma, t)?)
+                };
+                let out = s
+                    .sample(x, 0, &mut src, &mut model, &mut |_| Ok(()))
+                    .unwrap();
+                let m = out
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(m.is_finite(), "{kind:?} {schedule:?}");
+            }
+        }
+    }
+
+    /// An img2img start past the schedule is refused instead of indexing out of range.
+    #[test]
+    fn start_past_the_end_is_refused() {
+        let s = Sampler::new(
+            SamplerKind::Euler,
+            SigmaSchedule::Karras,
+            &ScheduleConfig::sdxl(),
+            4,
+        )
+        .unwrap();
+        let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(s.noised_latents(&x, &x, 4).is_err());
+        assert!(s.noised_latents(&x, &x, 3).is_ok());
+    }
+
     /// diffusers LCM timesteps for 4 and 8 steps (`LCMScheduler.set_timesteps`).
     #[test]
     fn lcm_timesteps_match_diffusers() {
