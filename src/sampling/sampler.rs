@@ -38,7 +38,7 @@ use super::schedule::{
 use super::{SamplingError, SdeNoise};
 
 /// Which update rule runs between model calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SamplerKind {
     Euler,
     EulerAncestral,

@@ -63,7 +63,7 @@ pub enum PredictionType {
 ///   σ(0)…σ(999), as k-diffusion/A1111 (and diffusers with a `linspace` Euler config).
 /// * `Normal`, `SgmUniform`, `Simple`, `DdimUniform`: ComfyUI's definitions, timestep = the
 ///   nearest training index as ComfyUI feeds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SigmaSchedule {
     /// The checkpoint's diffusers spacing (its scheduler config's `timestep_spacing`).
     #[default]
