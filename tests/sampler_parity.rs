@@ -84,7 +84,11 @@ fn run_case(id: &str) {
         c["num_unet_calls"].as_u64().unwrap(),
         "{id}: UNet calls"
     );
-    let e = rel_err("final_latents", &out.latents, &dir.join("final_latents.npy"));
+    let e = rel_err(
+        "final_latents",
+        &out.latents,
+        &dir.join("final_latents.npy"),
+    );
     eprintln!("{id}: final_latents rel err {e:.2e}");
     assert!(e <= LATENT_TOL, "{id}: final latents rel err {e:e}");
     // The fixtures keep decoded floats for some cases only (size); PNGs for all.

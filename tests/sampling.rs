@@ -186,7 +186,11 @@ fn run_chain(set: &str, case: &serde_json::Value, step_tol: f64) -> Measured {
     for r in rngs.iter_mut() {
         noise.extend(r.randn(per));
     }
-    assert_eq!(noise, npy(&dir.join("init_noise.npy")).data, "{id}: init noise");
+    assert_eq!(
+        noise,
+        npy(&dir.join("init_noise.npy")).data,
+        "{id}: init noise"
+    );
     let noise = Tensor::from_vec(noise, shape.clone(), &dev).unwrap();
 
     // Start: txt2img, or img2img from the recorded image latents.
@@ -401,10 +405,7 @@ fn dpmpp_3m_sde_matches_diffusers_until_third_order() {
     let r = std::panic::catch_unwind(|| run_chain(set, &case, LATENT_TOL));
     let msg = match r {
         Ok(_) => panic!("3M SDE matched diffusers' third-order step, which we do not follow"),
-        Err(e) => e
-            .downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_default(),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
     };
     assert!(msg.contains("after step 2 "), "{msg}");
 }

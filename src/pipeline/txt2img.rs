@@ -857,8 +857,7 @@ impl SdxlPipeline {
             DenoiseFrom::Noise => {
                 // Latents are the image size divided by the VAE's factor (8 for SDXL: one ×2
                 // per level after the first).
-                let factor =
-                    1usize << self.vae.config().block_out_channels.len().saturating_sub(1);
+                let factor = 1usize << self.vae.config().block_out_channels.len().saturating_sub(1);
                 let (lh, lw) = (req.height as usize / factor, req.width as usize / factor);
                 (vec![ucfg.in_channels, lh, lw], None)
             }
@@ -879,10 +878,7 @@ impl SdxlPipeline {
             }
         };
 
-        let mut rngs: Vec<ImageRng> = seeds
-            .iter()
-            .map(|&s| ImageRng::new(req.noise, s))
-            .collect();
+        let mut rngs: Vec<ImageRng> = seeds.iter().map(|&s| ImageRng::new(req.noise, s)).collect();
         let numel: usize = per_image.iter().product();
         let mut data = Vec::with_capacity(numel * n);
         for rng in rngs.iter_mut() {

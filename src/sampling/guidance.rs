@@ -73,7 +73,11 @@ mod tests {
             for j in 0..4 {
                 let c = (i * 4 + j) as f64;
                 let want = 0.7 * c * r[i] + 0.3 * c;
-                assert!((got[i][j] as f64 - want).abs() < 1e-5, "{i},{j}: {}", got[i][j]);
+                assert!(
+                    (got[i][j] as f64 - want).abs() < 1e-5,
+                    "{i},{j}: {}",
+                    got[i][j]
+                );
             }
         }
     }

@@ -7,6 +7,21 @@
 //!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
 //! * [`sampler`]: the twelve samplers, driven by a model callback.
 //! * [`guidance`]: classifier-free guidance and diffusers' `guidance_rescale`.
+//!
+//! Choices where the reference implementations disagree (each documented where it is made):
+//! * One σ table for every schedule: diffusers' float32 betas (ComfyUI computes them in
+//!   float64; σs differ by ~1e-7 relative). Under zero terminal SNR σ_max is diffusers' 4096
+//!   (ᾱ_999 = 2⁻²⁴) for every schedule, not ComfyUI's 4518.8.
+//! * `karras`/`exponential`/`beta` span the model's full σ range for every sampler, as
+//!   k-diffusion/A1111 (diffusers' Euler-family classes do so only with a `linspace` config).
+//! * `beta` is A1111's/diffusers' (linear in σ), not ComfyUI's (spaced training indices).
+//! * DPM2, DPM2 a and UniPC drop the penultimate σ only under ComfyUI's own schedules.
+//! * DPM++ 3M SDE is k-diffusion's; diffusers' order-3 `sde-dpmsolver++` differs.
+//! * Intermediate σs (DPM2, DPM++ SDE midpoints) get fractional timesteps (diffusers, A1111),
+//!   also under ComfyUI schedules, where ComfyUI would round to the nearest index.
+//! * LCM's boundary condition is diffusers' (`c_skip` on the VP-form sample).
+//! * DDIM under zero terminal SNR starts from σ = 4096 where diffusers' DDIM uses ᾱ_999 = 0
+//!   (a difference of 2⁻¹² in the first step's x0 weight).
 
 mod brownian_adaptor;
 pub mod guidance;

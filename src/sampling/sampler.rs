@@ -30,10 +30,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::rng::ImageRng;
 use super::schedule::{
-    beta_sigmas, check_steps, comfy_ddim_uniform_sigmas, comfy_normal_sigmas,
-    comfy_simple_sigmas, exponential_sigmas, interp_table, karras_sigmas, nearest_index,
-    numpy_linspace_f64, sigma_to_t, PredictionType, ScheduleConfig, SigmaSchedule,
-    TimestepSpacing,
+    beta_sigmas, check_steps, comfy_ddim_uniform_sigmas, comfy_normal_sigmas, comfy_simple_sigmas,
+    exponential_sigmas, interp_table, karras_sigmas, nearest_index, numpy_linspace_f64, sigma_to_t,
+    PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing,
 };
 use super::{SamplingError, SdeNoise};
 
@@ -194,9 +193,9 @@ impl SamplerKind {
     /// Which diffusers class family lays out its spacing and timesteps.
     fn family(self) -> Family {
         match self {
-            Self::Euler | Self::EulerAncestral | Self::Heun | Self::DpmPpSde => {
-                Family::Euler { round_karras: false }
-            }
+            Self::Euler | Self::EulerAncestral | Self::Heun | Self::DpmPpSde => Family::Euler {
+                round_karras: false,
+            },
             // KDPM2(Ancestral)DiscreteScheduler round the Karras timesteps (only those).
             Self::Dpm2 | Self::Dpm2Ancestral => Family::Euler { round_karras: true },
             Self::DpmPp2m | Self::DpmPp2mSde | Self::DpmPp3mSde | Self::UniPc => Family::Multistep,
@@ -215,7 +214,9 @@ impl SamplerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
     /// Euler, Heun, KDPM2, DPMSolverSDE: σ-space schedulers, spaced t as float32.
-    Euler { round_karras: bool },
+    Euler {
+        round_karras: bool,
+    },
     /// DPMSolverMultistep, UniPCMultistep: N+1 points minus the last, integer timesteps,
     /// the full training table for Karras/exponential/beta.
     Multistep,
@@ -441,8 +442,7 @@ impl Sampler {
                     }
                     Family::Lcm => {
                         let ts = lcm_timesteps(cfg.num_train_timesteps, steps)?;
-                        let mut sigmas: Vec<f32> =
-                            ts.iter().map(|&t| train[t as usize]).collect();
+                        let mut sigmas: Vec<f32> = ts.iter().map(|&t| train[t as usize]).collect();
                         sigmas.push(0.0);
                         let init = vp_unit(sigmas[0]);
                         (sigmas, ts, init)
@@ -583,7 +583,10 @@ impl Sampler {
 
     /// `noise · init_noise_sigma`: the txt2img starting latents (float32).
     pub fn init_latents(&self, noise: &Tensor) -> Result<Tensor, SamplingError> {
-        Ok(mul_scalar(&noise.to_dtype(DType::F32)?, self.init_noise_sigma)?)
+        Ok(mul_scalar(
+            &noise.to_dtype(DType::F32)?,
+            self.init_noise_sigma,
+        )?)
     }
 
     /// `latents + noise·σ_start`: the img2img start for a run beginning at step `start`
@@ -656,8 +659,9 @@ impl Sampler {
                             .map_err(SamplingError::from)?;
                         let x2 = add_scaled(&x, &deriv, dt)?;
                         let d2 = model(&x2, sigma_next, ts[i + 1])?;
-                        let deriv2 = div_scalar(&(&x2 - &d2).map_err(SamplingError::from)?, sigma_next)
-                            .map_err(SamplingError::from)?;
+                        let deriv2 =
+                            div_scalar(&(&x2 - &d2).map_err(SamplingError::from)?, sigma_next)
+                                .map_err(SamplingError::from)?;
                         let avg = ((deriv + deriv2).map_err(SamplingError::from)? * 0.5)
                             .map_err(SamplingError::from)?;
                         add_scaled(&x, &avg, dt)?
@@ -766,10 +770,12 @@ impl Sampler {
                             (Some(d1), Some(d2), Some(h1), Some(h2)) => {
                                 let r0 = h1 / h;
                                 let r1 = h2 / h;
-                                let d1_0 = div_scalar(&(&d - d1).map_err(SamplingError::from)?, r0 as f32)
-                                    .map_err(SamplingError::from)?;
-                                let d1_1 = div_scalar(&(d1 - d2).map_err(SamplingError::from)?, r1 as f32)
-                                    .map_err(SamplingError::from)?;
+                                let d1_0 =
+                                    div_scalar(&(&d - d1).map_err(SamplingError::from)?, r0 as f32)
+                                        .map_err(SamplingError::from)?;
+                                let d1_1 =
+                                    div_scalar(&(d1 - d2).map_err(SamplingError::from)?, r1 as f32)
+                                        .map_err(SamplingError::from)?;
                                 let diff = (&d1_0 - &d1_1).map_err(SamplingError::from)?;
                                 let dd1 = add_scaled(&d1_0, &diff, (r0 / (r0 + r1)) as f32)?;
                                 let dd2 = mul_scalar(&diff, (1.0 / (r0 + r1)) as f32)
@@ -780,8 +786,9 @@ impl Sampler {
                             }
                             (Some(d1), _, Some(h1), _) => {
                                 let r = h1 / h;
-                                let dd = div_scalar(&(&d - d1).map_err(SamplingError::from)?, r as f32)
-                                    .map_err(SamplingError::from)?;
+                                let dd =
+                                    div_scalar(&(&d - d1).map_err(SamplingError::from)?, r as f32)
+                                        .map_err(SamplingError::from)?;
                                 next = add_scaled(&next, &dd, phi_2 as f32)?;
                             }
                             _ => {}
@@ -1038,10 +1045,7 @@ fn multistep_spacing(
             .collect(),
         TimestepSpacing::Trailing => cfg.spaced_timesteps(steps)?,
     };
-    let mut sigmas: Vec<f32> = ts
-        .iter()
-        .map(|&t| interp_table(t, train) as f32)
-        .collect();
+    let mut sigmas: Vec<f32> = ts.iter().map(|&t| interp_table(t, train) as f32).collect();
     sigmas.push(0.0);
     Ok((ts, sigmas))
 }
@@ -1133,7 +1137,10 @@ mod tests {
             assert_eq!(SamplerKind::parse(k.label()).unwrap(), k, "{}", k.label());
         }
         let err = SamplerKind::parse("plms").unwrap_err().to_string();
-        assert!(err.contains("plms") && err.contains("dpmpp_3m_sde"), "{err}");
+        assert!(
+            err.contains("plms") && err.contains("dpmpp_3m_sde"),
+            "{err}"
+        );
     }
 
     /// v-prediction gives the same D as ε-prediction when v is the v of the same (x0, ε):
@@ -1146,8 +1153,8 @@ mod tests {
         for sigma in [0.03f32, 1.0, 14.6, 4096.0] {
             let x = (&x0 + eps.affine(sigma as f64, 0.0).unwrap()).unwrap();
             let a = 1.0 / ((sigma as f64).powi(2) + 1.0).sqrt();
-            let v = (eps.affine(a, 0.0).unwrap() - x0.affine(sigma as f64 * a, 0.0).unwrap())
-                .unwrap();
+            let v =
+                (eps.affine(a, 0.0).unwrap() - x0.affine(sigma as f64 * a, 0.0).unwrap()).unwrap();
             for lcm in [false, true] {
                 let e = ModelSampling {
                     prediction: PredictionType::Epsilon,
