@@ -201,3 +201,76 @@ fn every_case_is_covered_or_excluded() {
         assert!(ok, "no test for case {id}");
     }
 }
+
+/// The ends of the strength rule: ≥ 1 is exactly the txt2img start (image ignored), a
+/// strength that rounds to 0 steps returns the latents unchanged; bad values are refused.
+#[test]
+fn img2img_strength_edges_and_request_errors() {
+    let c = case("img2img_euler_leading_str0.5_s200_n8");
+    let dir = fixtures()
+        .join("reference-samplers")
+        .join(c["dir"].as_str().unwrap());
+    let mut req = request(c);
+    req.steps = 2;
+    let (shape, data) = npy(&dir.join("image_latents.npy"));
+    let latents = Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap();
+    let p = pipeline();
+    let cond = p.encode(&req).unwrap();
+    let run = |req: &GenerateRequest, from: DenoiseFrom<'_>| {
+        p.denoise(
+            req,
+            &cond,
+            &[req.seed],
+            from,
+            &mut |_| {},
+            &|| false,
+            &mut Timings::default(),
+        )
+    };
+    let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let txt = flat(run(&req, DenoiseFrom::Noise).unwrap());
+    let full = flat(
+        run(
+            &req,
+            DenoiseFrom::Latents {
+                latents: &latents,
+                strength: 1.0,
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(txt, full, "strength 1 must be the txt2img start");
+    let none = run(
+        &req,
+        DenoiseFrom::Latents {
+            latents: &latents,
+            strength: 0.4, // int(2 · 0.4) = 0 steps
+        },
+    )
+    .unwrap();
+    assert_eq!(flat(none), flat(latents.clone()));
+
+    let err = run(
+        &req,
+        DenoiseFrom::Latents {
+            latents: &latents,
+            strength: f32::NAN,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.error_type(), "invalid_input", "{err}");
+    let bad = GenerateRequest {
+        guidance_rescale: 1.5,
+        ..req.clone()
+    };
+    let err = run(&bad, DenoiseFrom::Noise).unwrap_err();
+    assert!(err.to_string().contains("guidance_rescale"), "{err}");
+    let lcm = GenerateRequest {
+        sampler: SamplerKind::Lcm,
+        steps: 60,
+        ..req.clone()
+    };
+    let err = run(&lcm, DenoiseFrom::Noise).unwrap_err();
+    assert_eq!(err.error_type(), "invalid_input", "{err}");
+    assert!(err.to_string().contains("sgm_uniform"), "{err}");
+}

@@ -844,6 +844,12 @@ impl SdxlPipeline {
                     .into(),
             ));
         }
+        let phi = req.guidance_rescale;
+        if !(0.0..=1.0).contains(&phi) {
+            return Err(PipelineError::InvalidRequest(format!(
+                "guidance_rescale {phi} is not allowed: use a number from 0 to 1"
+            )));
+        }
         let n = seeds.len();
         let ucfg = self.unet.config();
         let sampler = Sampler::new(
