@@ -3,6 +3,8 @@
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
 //! * [`philox`]: A1111's "NV" Philox generator (imitating torch's CUDA `randn`).
+//! * [`brownian`]: torchsde's seeded Brownian tree, the noise of the SDE samplers.
+//! * [`variation`]: A1111's variation-seed (subseed) slerp of two noises.
 //! * [`schedule`]: betas, ᾱ, σ and every σ schedule (diffusers spacings, Karras,
 //!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
 //! * [`sampler`]: the twelve samplers, driven by a model callback.
@@ -23,12 +25,14 @@
 //! * DDIM under zero terminal SNR starts from σ = 4096 where diffusers' DDIM uses ᾱ_999 = 0
 //!   (a difference of 2⁻¹² in the first step's x0 weight).
 
+pub mod brownian;
 mod brownian_adaptor;
 pub mod guidance;
 pub mod philox;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod variation;
 
 pub use rng::{randn_batch, ImageRng, NoiseKind, TorchRng};
 pub use sampler::{ModelSampling, Sampler, SamplerKind, SamplerNoise, StepInfo};
