@@ -52,7 +52,7 @@ fn every_sampler_and_schedule_is_finite_and_deterministic() {
                 schedule,
                 seed: 5,
                 num_images: 2,
-                sde_noise: SdeNoise::Gaussian,
+                sde_noise: SdeNoise::Brownian,
                 ..GenerateRequest::default()
             };
             let a = latents(&p, &req, &[5, 6]);

@@ -174,6 +174,8 @@ cases! {
     uni_pc_leading_20 => "uni_pc_leading_s162_n20",
     lcm => "lcm_s170_n4",
     guidance_rescale => "guidance_rescale_euler_leading_s180_n8",
+    dpmpp_sde_karras => "dpmpp_sde_karras_s140_n8",
+    dpmpp_sde_leading => "dpmpp_sde_leading_s141_n8",
 }
 
 #[test]
@@ -191,13 +193,9 @@ fn img2img_dpmpp_2m_karras() {
 #[test]
 fn every_case_is_covered_or_excluded() {
     let excluded_prefixes = ["clip_skip_", "vpred_ztsnr_", "dpmpp_3m_sde_", "img2img_"];
-    // Until the Brownian tree lands, DPM++ SDE (Brownian noise) runs in `sampling.rs` only.
-    let brownian = ["dpmpp_sde_karras_s140_n8", "dpmpp_sde_leading_s141_n8"];
     for c in manifest()["cases"].as_array().unwrap() {
         let id = c["id"].as_str().unwrap();
-        let ok = COVERED.contains(&id)
-            || excluded_prefixes.iter().any(|p| id.starts_with(p))
-            || brownian.contains(&id);
+        let ok = COVERED.contains(&id) || excluded_prefixes.iter().any(|p| id.starts_with(p));
         assert!(ok, "no test for case {id}");
     }
 }
@@ -273,4 +271,72 @@ fn img2img_strength_edges_and_request_errors() {
     let err = run(&lcm, DenoiseFrom::Noise).unwrap_err();
     assert_eq!(err.error_type(), "invalid_input", "{err}");
     assert!(err.to_string().contains("sgm_uniform"), "{err}");
+}
+
+/// A1111 variation seed: strength 0 is the plain seed, strength 1 the subseed's noise (with a
+/// deterministic sampler that is the subseed's image); in between differs from both.
+#[test]
+fn variation_seed_blends_initial_noise() {
+    use sdxl_worker::pipeline::Variation;
+    let mut req = request(case("euler_trailing_s100_n8"));
+    req.steps = 2;
+    let p = pipeline();
+    let cond = p.encode(&req).unwrap();
+    let run = |req: &GenerateRequest| {
+        p.denoise(
+            req,
+            &cond,
+            &[req.seed],
+            DenoiseFrom::Noise,
+            &mut |_| {},
+            &|| false,
+            &mut Timings::default(),
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+    };
+    let plain = run(&req);
+    let sub = run(&GenerateRequest {
+        seed: 77,
+        ..req.clone()
+    });
+    let with = |strength: f32| {
+        run(&GenerateRequest {
+            variation: Some(Variation {
+                subseed: 77,
+                strength,
+            }),
+            ..req.clone()
+        })
+    };
+    let max_diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_eq!(with(0.0), plain);
+    assert!(max_diff(&with(1.0), &sub) <= 1e-5 * scale);
+    let half = with(0.5);
+    assert!(max_diff(&half, &plain) > 0.01 * scale);
+    assert!(max_diff(&half, &sub) > 0.01 * scale);
+    let bad = GenerateRequest {
+        variation: Some(Variation {
+            subseed: 1,
+            strength: 2.0,
+        }),
+        ..req.clone()
+    };
+    let err = p
+        .denoise(
+            &bad,
+            &cond,
+            &[1],
+            DenoiseFrom::Noise,
+            &mut |_| {},
+            &|| false,
+            &mut Timings::default(),
+        )
+        .unwrap_err();
+    assert_eq!(err.error_type(), "invalid_input");
 }

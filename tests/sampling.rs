@@ -159,7 +159,7 @@ struct Measured {
 }
 
 /// Runs one case's chain; returns the measured errors (asserting the tolerances).
-fn run_chain(set: &str, case: &serde_json::Value, step_tol: f64) -> Measured {
+fn run_chain(set: &str, case: &serde_json::Value, step_tol: f64, recorded_sde: bool) -> Measured {
     let dev = Device::Cpu;
     let id = case["id"].as_str().unwrap();
     let dir = root(set).join(case["dir"].as_str().unwrap());
@@ -250,9 +250,7 @@ fn run_chain(set: &str, case: &serde_json::Value, step_tol: f64) -> Measured {
     let cfg = case["guidance_scale"].as_f64().unwrap() > 1.0;
 
     // Recorded Brownian noise (DPM++ SDE) stands in for the tree, query by query.
-    let sde_noises = dir
-        .join("sde_noises.npy")
-        .exists()
+    let sde_noises = (recorded_sde && dir.join("sde_noises.npy").exists())
         .then(|| npy(&dir.join("sde_noises.npy")));
     let mut sde_k = 0usize;
     let sde_source = |_: f32, _: f32| -> Result<Tensor, SamplingError> {
@@ -355,7 +353,12 @@ fn run_set(set: &str, skip: &[&str]) {
         if skip.contains(&id) || case.get("lora").is_some_and(|l| !l.is_null()) {
             continue;
         }
-        let m = run_chain(set, case, LATENT_TOL);
+        let m = run_chain(set, case, LATENT_TOL, true);
+        if case["worker"]["sde_noise"] == "brownian" {
+            // Again with our own Brownian tree instead of the recorded increments.
+            let t = run_chain(set, case, LATENT_TOL, false);
+            eprintln!("{id} (own Brownian tree): final {:.2e}", t.final_rel);
+        }
         eprintln!(
             "{id}: worst step {:.2e}, final {:.2e}, worst |Δt| {:.1e}",
             m.worst_step, m.final_rel, m.worst_t
@@ -402,7 +405,7 @@ fn dpmpp_3m_sde_matches_diffusers_until_third_order() {
         .find(|c| c["id"] == "dpmpp_3m_sde_karras_s133_n20")
         .unwrap()
         .clone();
-    let r = std::panic::catch_unwind(|| run_chain(set, &case, LATENT_TOL));
+    let r = std::panic::catch_unwind(|| run_chain(set, &case, LATENT_TOL, true));
     let msg = match r {
         Ok(_) => panic!("3M SDE matched diffusers' third-order step, which we do not follow"),
         Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),

@@ -820,7 +820,8 @@ impl SdxlPipeline {
     /// The sampler loop for all images at once (formats.md §4).
     ///
     /// Each image has its own generator ([`ImageRng`] of `req.noise`, seeded `seeds[i]`): its
-    /// initial noise is drawn first, then any per-step sampler noise in order, so image `i`
+    /// initial noise is drawn first (slerped towards subseed `+ i`'s noise with
+    /// `req.variation`, as A1111), then any per-step sampler noise in order, so image `i`
     /// equals a single-image run with its seed. SDE samplers take their noise from
     /// `req.sde_noise` (a Brownian tree per image seeded `seeds[i]`, or the generators).
     /// `from` picks txt2img or img2img (see [`DenoiseFrom`]). Progress is reported after
@@ -837,12 +838,13 @@ impl SdxlPipeline {
         cancelled: &dyn Fn() -> bool,
         timings: &mut Timings,
     ) -> Result<Tensor, PipelineError> {
-        if req.variation.is_some() {
-            return Err(PipelineError::InvalidRequest(
-                "variation (subseed) is not supported by this worker build; remove \
-                 `variation`/`subseed` from the request"
-                    .into(),
-            ));
+        if let Some(v) = req.variation {
+            if !(0.0..=1.0).contains(&v.strength) {
+                return Err(PipelineError::InvalidRequest(format!(
+                    "variation strength {} is not allowed: use a number from 0 to 1",
+                    v.strength
+                )));
+            }
         }
         let phi = req.guidance_rescale;
         if !(0.0..=1.0).contains(&phi) {
@@ -887,8 +889,20 @@ impl SdxlPipeline {
         let mut rngs: Vec<ImageRng> = seeds.iter().map(|&s| ImageRng::new(req.noise, s)).collect();
         let numel: usize = per_image.iter().product();
         let mut data = Vec::with_capacity(numel * n);
-        for rng in rngs.iter_mut() {
-            data.extend(rng.randn(numel));
+        for (i, rng) in rngs.iter_mut().enumerate() {
+            let noise = rng.randn(numel);
+            match req.variation {
+                // A1111: image i blends towards the noise of subseed + i; its later sampler
+                // noise still comes from its own seed's generator.
+                Some(v) => {
+                    let sub =
+                        ImageRng::new(req.noise, v.subseed.wrapping_add(i as u64)).randn(numel);
+                    data.extend(sampling::variation::slerp_noise(
+                        v.strength, &noise, &sub, &per_image,
+                    ));
+                }
+                None => data.extend(noise),
+            }
         }
         let mut shape = vec![n];
         shape.extend_from_slice(&per_image);

@@ -719,17 +719,20 @@ impl Sampler {
                     if sigma_next == 0.0 {
                         euler(&x, &d, sigma, sigma_next)?
                     } else {
-                        let (t, t_next) = (-(sigma as f64).ln(), -(sigma_next as f64).ln());
-                        let s_mid = t + 0.5 * (t_next - t);
-                        let sigma_s = (-s_mid).exp() as f32;
-                        let (sd, su) = ancestral(sigma, sigma_s);
-                        let z = noise.sde(sigma, sigma_s, sigma_min, sigma_max)?;
-                        let x2 = add_scaled(&exp_step(&x, &d, sigma, sd)?, &z, su)?;
+                        // In float32 through t = −ln σ as diffusers/k-diffusion: the Brownian
+                        // tree is queried at these exact σs, and W moves by O(sqrt(Δσ)) for
+                        // an ulp of difference.
+                        let (t, t_next) = (-sigma.ln(), -sigma_next.ln());
+                        let s_mid = t + (t_next - t) * 0.5;
+                        let (from, sigma_s, to) = ((-t).exp(), (-s_mid).exp(), (-t_next).exp());
+                        let (sd, su) = ancestral(from, sigma_s);
+                        let z = noise.sde(from, sigma_s, sigma_min, sigma_max)?;
+                        let x2 = add_scaled(&exp_step(&x, &d, from, sd)?, &z, su)?;
                         let d2 = model(&x2, sigma_s, self.timestep_for(sigma_s))?;
                         // k-diffusion mixes (1 − 1/2r)·D + 1/2r·D₂; with r = ½ that is D₂.
-                        let (sd, su) = ancestral(sigma, sigma_next);
-                        let z = noise.sde(sigma, sigma_next, sigma_min, sigma_max)?;
-                        add_scaled(&exp_step(&x, &d2, sigma, sd)?, &z, su)?
+                        let (sd, su) = ancestral(from, to);
+                        let z = noise.sde(from, to, sigma_min, sigma_max)?;
+                        add_scaled(&exp_step(&x, &d2, from, sd)?, &z, su)?
                     }
                 }
                 SamplerKind::DpmPp2mSde => {
