@@ -69,15 +69,11 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         let r = [0.577_350_26f64 / 1.290_994_4, 0.5 / 1.290_994_4];
-        for i in 0..2 {
-            for j in 0..4 {
+        for (i, (row, ratio)) in got.iter().zip(r).enumerate() {
+            for (j, v) in row.iter().enumerate() {
                 let c = (i * 4 + j) as f64;
-                let want = 0.7 * c * r[i] + 0.3 * c;
-                assert!(
-                    (got[i][j] as f64 - want).abs() < 1e-5,
-                    "{i},{j}: {}",
-                    got[i][j]
-                );
+                let want = 0.7 * c * ratio + 0.3 * c;
+                assert!((*v as f64 - want).abs() < 1e-5, "{i},{j}: {v}");
             }
         }
     }

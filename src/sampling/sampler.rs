@@ -818,7 +818,7 @@ impl Sampler {
                     }
                     None => euler(&x, &d, sigma, sigma_next)?,
                 },
-                SamplerKind::UniPc => unipc.step(&x, d, &s[..], i, n)?,
+                SamplerKind::UniPc => unipc.step(&x, d, s, i, n)?,
                 SamplerKind::Lcm => {
                     if i + 1 == n {
                         d
@@ -1053,13 +1053,16 @@ fn multistep_spacing(
     Ok((ts, sigmas))
 }
 
+/// (timesteps, σ per step + final 0, σ each step lands on).
+type DdimPlan = (Vec<f64>, Vec<f32>, Vec<f32>);
+
 /// diffusers DDIM: integer timesteps (linspace rounded), σ(t) per step, and the σ each step
 /// lands on, σ(t − 1000//N), or σ(ᾱ_0) past t = 0 (`set_alpha_to_one` false).
 fn ddim_spacing(
     cfg: &ScheduleConfig,
     train: &[f32],
     steps: usize,
-) -> Result<(Vec<f64>, Vec<f32>, Vec<f32>), SamplingError> {
+) -> Result<DdimPlan, SamplingError> {
     let ts: Vec<f64> = match cfg.timestep_spacing {
         TimestepSpacing::Linspace => cfg
             .spaced_timesteps(steps)?
