@@ -250,3 +250,98 @@ fn degenerate_inputs() {
     let (s, n) = (swapped.sample(5.0, 1.0), normal.sample(5.0, 1.0));
     assert!(s.iter().zip(&n).all(|(a, b)| *a == -*b));
 }
+
+/// The independent recording of diffusers' `BrownianTreeNoiseSampler` in
+/// `fixtures/reference-samplers/brownian/` (made by the sampler-reference tooling, not by the
+/// script that made `fixtures/brownian/`): an 8-step Karras DPM++ SDE run and an out-of-order
+/// query sequence for three seeds, and raw torchsde increments over `[0, 1]` and the σ range.
+/// Raw increments must be bit-identical; normalised samples within 1e-6 relative (torch's
+/// float32 sqrt of the step is MKL's, one ulp off for some steps).
+#[test]
+fn matches_sampler_reference_recording() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference-samplers/brownian");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("brownian.json")).unwrap()).unwrap();
+    let load = |file: &str| -> (Vec<u64>, Vec<u8>) {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let shape = npyz::NpyFile::new(&bytes[..]).unwrap().shape().to_vec();
+        (shape, bytes)
+    };
+    let sampler = &json["sampler"];
+    let (smin, smax) = (
+        sampler["sigma_min"].as_f64().unwrap(),
+        sampler["sigma_max"].as_f64().unwrap(),
+    );
+    let numel: usize = sampler["x_shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .product();
+    let sequences = json["sequences"].as_array().unwrap();
+    assert_eq!(sequences.len(), 6);
+    for seq in sequences {
+        let seed = seq["seed"].as_u64().unwrap();
+        let (_, qbytes) = load(seq["queries"].as_str().unwrap());
+        let queries = npyz::NpyFile::new(&qbytes[..])
+            .unwrap()
+            .into_vec::<f64>()
+            .unwrap();
+        let (shape, nbytes) = load(seq["noise"].as_str().unwrap());
+        let want = npyz::NpyFile::new(&nbytes[..])
+            .unwrap()
+            .into_vec::<f32>()
+            .unwrap();
+        let n_queries = queries.len() / 2;
+        assert_eq!(shape[0] as usize, n_queries);
+        assert_eq!(want.len(), n_queries * numel);
+        let mut tree = BrownianTreeNoise::new(seed, smin, smax, numel);
+        let mut worst = 0.0f64;
+        let mut identical = 0;
+        for q in 0..n_queries {
+            let got = tree.sample(queries[2 * q], queries[2 * q + 1]);
+            let w = &want[q * numel..(q + 1) * numel];
+            worst = worst.max(max_rel(&got, w));
+            identical += got
+                .iter()
+                .zip(w)
+                .filter(|(a, b)| a.to_bits() == b.to_bits())
+                .count();
+        }
+        eprintln!(
+            "{} seed {seed}: max rel diff {worst:.3e}, {identical}/{} bit-identical",
+            seq["sequence"].as_str().unwrap(),
+            n_queries * numel
+        );
+        assert!(worst <= 1e-6, "{} seed {seed}: {worst:e}", seq["sequence"]);
+    }
+    for raw in json["torchsde_raw"].as_array().unwrap() {
+        let entropy = raw["entropy"].as_u64().unwrap();
+        let numel: usize = raw["w0_shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .product();
+        let (_, bytes) = load(raw["file"].as_str().unwrap());
+        let want = npyz::NpyFile::new(&bytes[..])
+            .unwrap()
+            .into_vec::<f32>()
+            .unwrap();
+        let mut tree = BrownianTreeNoise::new(
+            entropy,
+            raw["t0"].as_f64().unwrap(),
+            raw["t1"].as_f64().unwrap(),
+            numel,
+        );
+        for (k, iv) in raw["intervals"].as_array().unwrap().iter().enumerate() {
+            let got = tree.increment(iv[0].as_f64().unwrap(), iv[1].as_f64().unwrap());
+            assert_bits_equal(
+                &got,
+                &want[k * numel..(k + 1) * numel],
+                &format!("{} interval {k}", raw["file"]),
+            );
+        }
+    }
+}

@@ -110,9 +110,9 @@ impl SeedSequence {
             }
         }
         for &w in words.iter().skip(pool_size) {
-            for dst in 0..pool_size {
+            for slot in pool.iter_mut() {
                 let h = hashmix(w, &mut hash_const);
-                pool[dst] = mix(pool[dst], h);
+                *slot = mix(*slot, h);
             }
         }
         Self { pool }
