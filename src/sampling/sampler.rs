@@ -504,25 +504,12 @@ impl Sampler {
                 (sigmas, ts, init)
             }
         };
-        if let Some(targets) = &ddim_targets {
-            // Report the σ diffusers' DDIM ends at as the final one.
-            let mut s = sigmas;
-            if let (Some(last), Some(&t)) = (s.last_mut(), targets.last()) {
+        let mut sigmas = sigmas;
+        if let (Some(targets), Some(last)) = (&ddim_targets, sigmas.last_mut()) {
+            // Report the σ diffusers' DDIM ends at (ᾱ_0) as the final one.
+            if let Some(&t) = targets.last() {
                 *last = t;
             }
-            return Ok(Self {
-                kind,
-                schedule,
-                model: ModelSampling {
-                    prediction: cfg.prediction_type,
-                    lcm: false,
-                },
-                sigmas: s,
-                timesteps,
-                ddim_targets,
-                init_noise_sigma,
-                log_sigmas,
-            });
         }
         Ok(Self {
             kind,
