@@ -755,7 +755,7 @@ impl Sampler {
                                 let r0 = h1 / h;
                                 let r1 = h2 / h;
                                 let d1_0 = slope(&d, d1, r0 as f32)?;
-                                let d1_1 = slope(&d1, d2, r1 as f32)?;
+                                let d1_1 = slope(d1, d2, r1 as f32)?;
                                 let diff = minus(&d1_0, &d1_1)?;
                                 let dd1 = add_scaled(&d1_0, &diff, (r0 / (r0 + r1)) as f32)?;
                                 let dd2 = scaled(&diff, (1.0 / (r0 + r1)) as f32)?;
