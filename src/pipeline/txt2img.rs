@@ -337,6 +337,19 @@ impl GenerateRequest {
     }
 }
 
+/// Where [`SdxlPipeline::denoise`] starts.
+#[derive(Debug, Clone, Copy)]
+pub enum DenoiseFrom<'a> {
+    /// txt2img: pure noise scaled to the schedule's first σ.
+    Noise,
+    /// img2img (diffusers' strength rule): clean image latents `[N, C, h, w]`, already
+    /// multiplied by the VAE scaling factor; the latent size comes from them. The schedule
+    /// for `req.steps` is laid out in full and its first `steps - min(int(steps·strength),
+    /// steps)` steps are skipped; the start is `latents + noise·σ_start`. Strength ≥ 1 is
+    /// exactly the txt2img start (latents ignored); 0 steps returns the latents unchanged.
+    Latents { latents: &'a Tensor, strength: f32 },
+}
+
 /// Per-step progress, reported after each sampler step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -754,7 +767,15 @@ impl SdxlPipeline {
         let t = Instant::now();
         let latents = {
             let _s = tracing::debug_span!("denoise", steps = req.steps).entered();
-            self.denoise(req, &cond, &seeds, progress, cancelled, &mut timings)?
+            self.denoise(
+                req,
+                &cond,
+                &seeds,
+                DenoiseFrom::Noise,
+                progress,
+                cancelled,
+                &mut timings,
+            )?
         };
         timings.denoise_s = t.elapsed().as_secs_f64();
 
@@ -790,10 +811,16 @@ impl SdxlPipeline {
         req: &GenerateRequest,
         cond: &Conditioning,
         seeds: &[u64],
+        from: DenoiseFrom<'_>,
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
         timings: &mut Timings,
     ) -> Result<Tensor, PipelineError> {
+        if let DenoiseFrom::Latents { .. } = from {
+            return Err(PipelineError::InvalidRequest(
+                "img2img denoising is not available yet".into(),
+            ));
+        }
         let n = seeds.len();
         let ucfg = self.unet.config();
         // Latents are the image size divided by the VAE's factor (8 for SDXL: one ×2 per
