@@ -383,40 +383,93 @@ fn flatten_onto_white(img: DynamicImage) -> RgbImage {
     RgbImage::from_raw(w, h, out).unwrap_or_else(|| RgbImage::new(w, h))
 }
 
-/// Resizes `image` to exactly `width` × `height` like A1111's "Crop and resize": scale (Lanczos3,
-/// the same kernel as PIL's LANCZOS that A1111 uses) so that the image covers the target,
-/// keeping its aspect ratio, then cut the centre. Nothing is stretched and no border is added;
-/// what does not fit is cropped equally from both sides. The integer rounding follows A1111's
-/// `resize_image(resize_mode=1)`, so the crop offsets are the same.
+/// Resizes `image` to exactly `width` × `height` like A1111's "Crop and resize": scale with
+/// Lanczos3 (the kernel of PIL's LANCZOS, which A1111 uses) so that the image covers the
+/// target, keeping its aspect ratio, then cut the centre. Nothing is stretched and no border
+/// is added; what does not fit is cropped equally from both sides. The integer rounding of
+/// the covering size and the crop offsets follow A1111's `resize_image(resize_mode=1)`.
+///
+/// The resize runs with `fast_image_resize` (SIMD): `image`'s generic resize took 1.2 s for a
+/// 4000 × 3000 photo → 1024² on one core, this takes a few tens of ms. Its source crop box
+/// is the resized-then-cropped region mapped back to source coordinates, so the filter sees
+/// the same neighbourhood A1111's resize-then-crop does.
 pub fn fit(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (iw, ih) = image.dimensions();
-    if (iw, ih) == (width, height) || iw == 0 || ih == 0 || width == 0 || height == 0 {
-        return if (iw, ih) == (width, height) {
-            image.clone()
-        } else {
-            RgbImage::new(width, height)
-        };
+    if (iw, ih) == (width, height) {
+        return image.clone();
     }
-    let (w, h, iw64, ih64) = (
+    if iw == 0 || ih == 0 || width == 0 || height == 0 {
+        return RgbImage::new(width, height);
+    }
+    let (src_w, src_h) = cover_size(iw, ih, width, height);
+    let (x0, y0) = (src_w / 2 - width / 2, src_h / 2 - height / 2);
+    let _span =
+        tracing::debug_span!("fit_image", from = ?(iw, ih), to = ?(width, height)).entered();
+    match fast_fit(image, (src_w, src_h), (x0, y0), (width, height)) {
+        Some(out) => out,
+        // Only reachable if the buffers disagree with their sizes, which `RgbImage` rules out.
+        None => reference_fit(image, width, height),
+    }
+}
+
+/// The size A1111 scales to before cropping: one side equals the target, the other is
+/// `floor(other · target / side)`, never smaller than the target.
+fn cover_size(iw: u32, ih: u32, width: u32, height: u32) -> (u32, u32) {
+    let (w, h, iw, ih) = (
         u64::from(width),
         u64::from(height),
         u64::from(iw),
         u64::from(ih),
     );
     // Target wider than the source (w/h > iw/ih, compared exactly): match widths.
-    let (src_w, src_h) = if w * ih64 > iw64 * h {
-        (w, ih64 * w / iw64)
+    let (sw, sh) = if w * ih > iw * h {
+        (w, ih * w / iw)
     } else {
-        (iw64 * h / ih64, h)
+        (iw * h / ih, h)
     };
-    let (src_w, src_h) = (src_w.max(w) as u32, src_h.max(h) as u32);
+    (
+        sw.max(w).min(u64::from(u32::MAX)) as u32,
+        sh.max(h).min(u64::from(u32::MAX)) as u32,
+    )
+}
+
+fn fast_fit(
+    image: &RgbImage,
+    (src_w, src_h): (u32, u32),
+    (x0, y0): (u32, u32),
+    (width, height): (u32, u32),
+) -> Option<RgbImage> {
+    use fast_image_resize as fr;
+    let (iw, ih) = image.dimensions();
+    let src = fr::images::ImageRef::new(iw, ih, image.as_raw(), fr::PixelType::U8x3).ok()?;
+    let mut dst = fr::images::Image::new(width, height, fr::PixelType::U8x3);
+    let (kx, ky) = (
+        f64::from(iw) / f64::from(src_w),
+        f64::from(ih) / f64::from(src_h),
+    );
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3))
+        .crop(
+            f64::from(x0) * kx,
+            f64::from(y0) * ky,
+            f64::from(width) * kx,
+            f64::from(height) * ky,
+        );
+    fr::Resizer::new().resize(&src, &mut dst, &options).ok()?;
+    RgbImage::from_raw(width, height, dst.into_vec())
+}
+
+/// [`fit`] done literally as A1111 does it (resize the whole image, then crop) with `image`'s
+/// Lanczos3: slow, kept as the fallback and as the test reference.
+pub(crate) fn reference_fit(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (iw, ih) = image.dimensions();
+    let (src_w, src_h) = cover_size(iw, ih, width, height);
     let resized = if (src_w, src_h) == (iw, ih) {
         image.clone()
     } else {
         image::imageops::resize(image, src_w, src_h, image::imageops::FilterType::Lanczos3)
     };
-    let x0 = src_w / 2 - width / 2;
-    let y0 = src_h / 2 - height / 2;
+    let (x0, y0) = (src_w / 2 - width / 2, src_h / 2 - height / 2);
     image::imageops::crop_imm(&resized, x0, y0, width, height).to_image()
 }
 

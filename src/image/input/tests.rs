@@ -349,11 +349,48 @@ fn fit_covers_then_crops_the_centre() {
 fn fit_offsets_follow_a1111_integer_rounding() {
     // 101 × 50 → 64 × 64: A1111 scales to (101·64/50 = 129) × 64 and pastes at
     // 64/2 − 129/2 = −32, i.e. keeps columns 32..96 of the resized image.
-    let src = RgbImage::from_fn(101, 50, |x, _| Rgb([(x * 2) as u8, 0, 0]));
+    assert_eq!(cover_size(101, 50, 64, 64), (129, 64));
+    assert_eq!(cover_size(50, 101, 64, 64), (64, 129));
+    assert_eq!(cover_size(300, 100, 64, 64), (192, 64));
+    assert_eq!(cover_size(10, 30, 64, 48), (64, 192));
+    let src = RgbImage::from_fn(101, 50, |x, y| Rgb([(x * 2) as u8, (y * 5) as u8, 9]));
     let out = fit(&src, 64, 64);
     let resized = image::imageops::resize(&src, 129, 64, image::imageops::FilterType::Lanczos3);
-    for x in 0..64 {
-        assert_eq!(out.get_pixel(x, 10), resized.get_pixel(x + 32, 10));
+    let literal = image::imageops::crop_imm(&resized, 32, 0, 64, 64).to_image();
+    assert_eq!(reference_fit(&src, 64, 64), literal);
+    // The fast path equals resize-then-crop up to rounding.
+    assert!(
+        max_abs_diff(&out, &literal) <= 2,
+        "{}",
+        max_abs_diff(&out, &literal)
+    );
+}
+
+/// `fit` against A1111's crop-and-resize computed with PIL (tests/fixtures/tools/
+/// fit_reference.py): both are Lanczos3 with 8-bit output, but PIL uses fixed-point weights,
+/// so values may differ by a few levels next to the hard edge; on average by well under one.
+#[test]
+fn fit_matches_a1111_crop_and_resize_in_pil() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fit");
+    let src = image::open(dir.join("src.png")).unwrap().to_rgb8();
+    for (w, h) in [(128, 128), (96, 160), (256, 128), (200, 217), (480, 320)] {
+        let pil = image::open(dir.join(format!("fit_{w}x{h}.png")))
+            .unwrap()
+            .to_rgb8();
+        let ours = fit(&src, w, h);
+        assert_eq!(ours.dimensions(), pil.dimensions());
+        let n = pil.as_raw().len() as f64;
+        let mean = ours
+            .as_raw()
+            .iter()
+            .zip(pil.as_raw())
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / n;
+        let max = max_abs_diff(&ours, &pil);
+        eprintln!("fit {w}x{h} vs PIL: mean abs diff {mean:.3}, max {max}");
+        assert!(mean < 0.1, "{w}x{h}: mean abs diff {mean}");
+        assert!(max <= 3, "{w}x{h}: max abs diff {max}");
     }
 }
 
