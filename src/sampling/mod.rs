@@ -1,15 +1,41 @@
-//! Noise, noise schedules and samplers, matching diffusers' schedulers step for step.
+//! Noise, noise schedules and samplers: k-diffusion's σ-space samplers that also reproduce
+//! diffusers' schedulers step for step on diffusers' own spacings.
 //!
 //! * [`rng`]: torch's CPU `randn` bit for bit, one generator per image.
-//! * [`schedule`]: betas, ᾱ, σ and the spaced timesteps / Karras σs of a scheduler config.
-//! * [`sampler`]: Euler, Euler a, DPM++ 2M and DDIM steps on candle tensors.
+//! * [`philox`]: A1111's "NV" Philox generator (imitating torch's CUDA `randn`).
+//! * [`brownian`]: torchsde's seeded Brownian tree, the noise of the SDE samplers.
+//! * [`variation`]: A1111's variation-seed (subseed) slerp of two noises.
+//! * [`schedule`]: betas, ᾱ, σ and every σ schedule (diffusers spacings, Karras,
+//!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
+//! * [`sampler`]: the twelve samplers, driven by a model callback.
+//! * [`guidance`]: classifier-free guidance and diffusers' `guidance_rescale`.
+//!
+//! Choices where the reference implementations disagree (each documented where it is made):
+//! * One σ table for every schedule: diffusers' float32 betas (ComfyUI computes them in
+//!   float64; σs differ by ~1e-7 relative). Under zero terminal SNR σ_max is diffusers' 4096
+//!   (ᾱ_999 = 2⁻²⁴) for every schedule, not ComfyUI's 4518.8.
+//! * `karras`/`exponential`/`beta` span the model's full σ range for every sampler, as
+//!   k-diffusion/A1111 (diffusers' Euler-family classes do so only with a `linspace` config).
+//! * `beta` is A1111's/diffusers' (linear in σ), not ComfyUI's (spaced training indices).
+//! * DPM2, DPM2 a and UniPC drop the penultimate σ only under ComfyUI's own schedules.
+//! * DPM++ 3M SDE is k-diffusion's; diffusers' order-3 `sde-dpmsolver++` differs.
+//! * Intermediate σs (DPM2, DPM++ SDE midpoints) get fractional timesteps (diffusers, A1111),
+//!   also under ComfyUI schedules, where ComfyUI would round to the nearest index.
+//! * LCM's boundary condition is diffusers' (`c_skip` on the VP-form sample).
+//! * DDIM under zero terminal SNR starts from σ = 4096 where diffusers' DDIM uses ᾱ_999 = 0
+//!   (a difference of 2⁻¹² in the first step's x0 weight).
 
+pub mod brownian;
+mod brownian_adaptor;
+pub mod guidance;
+pub mod philox;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod variation;
 
 pub use rng::{randn_batch, ImageRng, NoiseKind, TorchRng};
-pub use sampler::{Sampler, SamplerKind};
+pub use sampler::{ModelSampling, Sampler, SamplerKind, SamplerNoise, StepInfo};
 pub use schedule::{PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing};
 
 /// Where SDE samplers (DPM++ SDE, DPM++ 2M/3M SDE) get their noise.

@@ -15,6 +15,8 @@
 
 use candle_core::{Device, Tensor};
 
+use super::philox::NvRng;
+
 /// MT19937 state size.
 const MT_N: usize = 624;
 /// MT19937 middle offset.
@@ -301,9 +303,15 @@ impl NoiseKind {
 }
 
 /// The generator of one image: its initial noise first, then every per-step sampler draw.
+// The CPU variant carries MT19937's 2.5 KB state inline: there is one generator per image and
+// it is never moved in a hot loop, so boxing would only add an indirection to every draw.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ImageRng {
+    /// torch's CPU generator (diffusers, ComfyUI, A1111 "CPU").
     Cpu(TorchRng),
+    /// A1111's Philox imitation of torch's CUDA generator (A1111 "NV").
+    Nv(NvRng),
 }
 
 impl ImageRng {
@@ -311,15 +319,33 @@ impl ImageRng {
     pub fn new(kind: NoiseKind, seed: u64) -> Self {
         match kind {
             NoiseKind::Cpu => Self::Cpu(TorchRng::new(seed)),
-            // Placeholder until the Philox source lands: refuse rather than substitute.
-            NoiseKind::Nv => Self::Cpu(TorchRng::new(seed)),
+            NoiseKind::Nv => Self::Nv(NvRng::new(seed)),
         }
     }
 
-    /// `n` standard normal draws.
+    /// The source this generator draws from.
+    pub fn kind(&self) -> NoiseKind {
+        match self {
+            Self::Cpu(_) => NoiseKind::Cpu,
+            Self::Nv(_) => NoiseKind::Nv,
+        }
+    }
+
+    /// The seed this generator was created with.
+    pub fn seed(&self) -> u64 {
+        match self {
+            Self::Cpu(r) => r.seed(),
+            Self::Nv(r) => r.seed(),
+        }
+    }
+
+    /// `n` standard normal draws. One call is one `randn` of the reference implementation: for
+    /// `Nv` each call starts a new Philox counter block, so callers must draw a whole tensor per
+    /// call (as A1111 does), not element by element.
     pub fn randn(&mut self, n: usize) -> Vec<f32> {
         match self {
             Self::Cpu(r) => r.randn(n),
+            Self::Nv(r) => r.randn(n),
         }
     }
 

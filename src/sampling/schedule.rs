@@ -52,29 +52,132 @@ pub enum PredictionType {
     VPrediction,
 }
 
-/// σ list shape for a given step count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the σs of a run are laid out (the "Schedule type" of A1111, the `scheduler` of
+/// ComfyUI, the `timestep_spacing`/`use_*_sigmas` options of diffusers).
+///
+/// Three groups with different rules (formats.md §4.2):
+/// * `Default`, `Leading`, `Trailing`, `Linspace`: diffusers' own spacing of the sampler's
+///   diffusers class (`Default` = the checkpoint's scheduler config, `leading` for SDXL base,
+///   `trailing` for zero-terminal-SNR v-pred), so these reproduce diffusers step for step.
+/// * `Karras`, `Exponential`, `Beta`: σ formulas over the model's full σ range
+///   σ(0)…σ(999), as k-diffusion/A1111 (and diffusers with a `linspace` Euler config).
+/// * `Normal`, `SgmUniform`, `Simple`, `DdimUniform`: ComfyUI's definitions, timestep = the
+///   nearest training index as ComfyUI feeds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SigmaSchedule {
-    /// The training σs at the spaced timesteps.
+    /// The checkpoint's diffusers spacing (its scheduler config's `timestep_spacing`).
     #[default]
     Default,
-    /// Karras et al. (ρ = 7) between the scheduler's σ_min and σ_max; timesteps from log-σ
-    /// interpolation into the training table.
+    Normal,
     Karras,
+    Exponential,
+    SgmUniform,
+    Simple,
+    DdimUniform,
+    Beta,
+    Leading,
+    Trailing,
+    Linspace,
 }
 
+/// Accepted schedule names, for error messages and docs.
+pub const SCHEDULE_NAMES: &str = "default, normal, karras, exponential, sgm_uniform, simple, \
+     ddim_uniform, beta, leading, trailing, linspace";
+
 impl SigmaSchedule {
-    /// Parses `normal`/`default`/`""` or `karras`.
+    /// Every schedule, in the order of [`SCHEDULE_NAMES`].
+    pub const ALL: [SigmaSchedule; 11] = [
+        Self::Default,
+        Self::Normal,
+        Self::Karras,
+        Self::Exponential,
+        Self::SgmUniform,
+        Self::Simple,
+        Self::DdimUniform,
+        Self::Beta,
+        Self::Leading,
+        Self::Trailing,
+        Self::Linspace,
+    ];
+
+    /// Parses our names plus common spellings (A1111 labels such as "SGM Uniform", "Uniform"
+    /// for ComfyUI's `normal`, "Automatic"/empty for the default), case-insensitively.
     pub fn parse(name: &str) -> Result<Self, SamplingError> {
-        match name {
-            "" | "normal" | "default" => Ok(Self::Default),
-            "karras" => Ok(Self::Karras),
-            other => Err(SamplingError::UnknownName {
-                field: "schedule",
-                value: other.to_string(),
-                allowed: "normal, karras",
-            }),
+        let key = name.trim().to_ascii_lowercase().replace([' ', '-'], "_");
+        Ok(match key.as_str() {
+            "" | "default" | "automatic" => Self::Default,
+            "normal" | "uniform" => Self::Normal,
+            "karras" => Self::Karras,
+            "exponential" => Self::Exponential,
+            "sgm_uniform" | "sgmuniform" => Self::SgmUniform,
+            "simple" => Self::Simple,
+            "ddim_uniform" | "ddim" => Self::DdimUniform,
+            "beta" => Self::Beta,
+            "leading" => Self::Leading,
+            "trailing" => Self::Trailing,
+            "linspace" => Self::Linspace,
+            _ => {
+                return Err(SamplingError::UnknownName {
+                    field: "schedule",
+                    value: name.to_string(),
+                    allowed: SCHEDULE_NAMES,
+                })
+            }
+        })
+    }
+
+    /// Our canonical name (what [`parse`](Self::parse) accepts).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Normal => "normal",
+            Self::Karras => "karras",
+            Self::Exponential => "exponential",
+            Self::SgmUniform => "sgm_uniform",
+            Self::Simple => "simple",
+            Self::DdimUniform => "ddim_uniform",
+            Self::Beta => "beta",
+            Self::Leading => "leading",
+            Self::Trailing => "trailing",
+            Self::Linspace => "linspace",
         }
+    }
+
+    /// The A1111 "Schedule type" label (infotext); diffusers-only spacings keep their name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Default => "Automatic",
+            Self::Normal => "Normal",
+            Self::Karras => "Karras",
+            Self::Exponential => "Exponential",
+            Self::SgmUniform => "SGM Uniform",
+            Self::Simple => "Simple",
+            Self::DdimUniform => "DDIM",
+            Self::Beta => "Beta",
+            Self::Leading => "Leading",
+            Self::Trailing => "Trailing",
+            Self::Linspace => "Linspace",
+        }
+    }
+
+    /// The diffusers spacing this schedule stands for, if it is one.
+    pub fn spacing(self, cfg: &ScheduleConfig) -> Option<TimestepSpacing> {
+        match self {
+            Self::Default => Some(cfg.timestep_spacing),
+            Self::Leading => Some(TimestepSpacing::Leading),
+            Self::Trailing => Some(TimestepSpacing::Trailing),
+            Self::Linspace => Some(TimestepSpacing::Linspace),
+            _ => None,
+        }
+    }
+
+    /// ComfyUI-defined schedules (nearest-index timesteps, ComfyUI's initial noise rule,
+    /// the discard-penultimate rule of DPM2/DPM2 a/UniPC).
+    pub fn is_comfy(self) -> bool {
+        matches!(
+            self,
+            Self::Normal | Self::SgmUniform | Self::Simple | Self::DdimUniform
+        )
     }
 }
 
@@ -230,7 +333,7 @@ pub(crate) fn check_steps(steps: usize, n_train: usize) -> Result<(), SamplingEr
 /// float32 step, the first half counted up from `start` and the second half down from `end`.
 /// torch's x86-64 kernel is compiled with FMA contraction, so `start + step·i` is one fused
 /// operation.
-fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     let start = start as f32;
     let end = end as f32;
     if n == 1 {
@@ -305,7 +408,7 @@ fn numpy_arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
 }
 
 /// `np.linspace(start, stop, n)` (float64, endpoint included).
-pub(crate) fn numpy_linspace_f64(start: f64, stop: f64, n: usize) -> Vec<f64> {
+pub fn numpy_linspace_f64(start: f64, stop: f64, n: usize) -> Vec<f64> {
     match n {
         0 => Vec::new(),
         1 => vec![start],
@@ -334,7 +437,7 @@ pub(crate) fn interp_table(x: f64, fp: &[f32]) -> f64 {
 }
 
 /// diffusers `_convert_to_karras`: ρ = 7 between `sigma_min` and `sigma_max`, float64.
-pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
     const RHO: f64 = 7.0;
     let min_inv = sigma_min.powf(1.0 / RHO);
     let max_inv = sigma_max.powf(1.0 / RHO);
@@ -346,7 +449,7 @@ pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec
 
 /// diffusers `_sigma_to_t`: the (fractional) training timestep whose log σ matches, by linear
 /// interpolation of `log_sigmas` (float32 logs of the training σs, ascending).
-pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     // Index of the last table entry not above log σ (0 if none), capped so `high` exists.
     let low_idx = log_sigmas
@@ -359,6 +462,205 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     // numpy: float64 numerator over a float32 difference.
     let w = ((low as f64 - log_sigma) / (low - high) as f64).clamp(0.0, 1.0);
     (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
+
+/// diffusers `_convert_to_exponential` (and k-diffusion `get_sigmas_exponential`): σ evenly
+/// spaced in log σ from `sigma_max` down to `sigma_min`, float64.
+pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    numpy_linspace_f64(sigma_max.ln(), sigma_min.ln(), steps)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// Shape parameters of the beta schedule (arXiv 2407.12173; A1111's and diffusers' default).
+pub const BETA_SCHEDULE_ALPHA: f64 = 0.6;
+/// See [`BETA_SCHEDULE_ALPHA`].
+pub const BETA_SCHEDULE_BETA: f64 = 0.6;
+
+/// diffusers `_convert_to_beta` = A1111 `beta_scheduler`: `σ_min + ppf(1 − i/(N−1))·(σ_max −
+/// σ_min)` with the Beta(0.6, 0.6) quantile, i.e. linear in σ (ComfyUI's `beta` instead
+/// spaces training indices; we follow A1111/diffusers).
+pub fn beta_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    numpy_linspace_f64(0.0, 1.0, steps)
+        .into_iter()
+        .map(|x| {
+            let ppf = beta_ppf(1.0 - x, BETA_SCHEDULE_ALPHA, BETA_SCHEDULE_BETA);
+            sigma_min + ppf * (sigma_max - sigma_min)
+        })
+        .collect()
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms; ~1e-15 relative).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection keeps the series in its accurate range.
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// The continued fraction of the incomplete beta function (modified Lentz).
+fn beta_cf(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..500 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < TINY { TINY } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < TINY { TINY } else { c };
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < TINY { TINY } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < TINY { TINY } else { c };
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// The regularised incomplete beta function I_x(a, b).
+fn beta_cdf(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    let front = ln_front.exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_cf(x, a, b) / a
+    } else {
+        1.0 - front * beta_cf(1.0 - x, b, a) / b
+    }
+}
+
+/// The Beta(a, b) quantile (`scipy.stats.beta.ppf`) by bisection on the CDF to float64
+/// resolution: the schedule needs ~1e-12, and bisection cannot diverge.
+fn beta_ppf(q: f64, a: f64, b: f64) -> f64 {
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf(mid, a, b) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// ComfyUI `ModelSamplingDiscrete.sigma(t)`: log σ linearly interpolated between the
+/// neighbouring training indices, in float32 as ComfyUI's tensors.
+pub fn comfy_sigma(t: f32, log_sigmas: &[f32]) -> f32 {
+    let last = (log_sigmas.len() - 1) as f32;
+    let t = t.clamp(0.0, last);
+    let low = t.floor();
+    let w = t - low;
+    let lo = log_sigmas[low as usize];
+    let hi = log_sigmas[t.ceil() as usize];
+    ((1.0 - w) * lo + w * hi).exp()
+}
+
+/// ComfyUI `ModelSamplingDiscrete.timestep(σ)`: the training index with the nearest log σ
+/// (the first one on ties, as `argmin`).
+pub fn nearest_index(sigma: f64, log_sigmas: &[f32]) -> usize {
+    let ls = (sigma as f32).ln();
+    let mut best = 0;
+    let mut best_d = f32::INFINITY;
+    for (i, &l) in log_sigmas.iter().enumerate() {
+        let d = (ls - l).abs();
+        if d < best_d {
+            best_d = d;
+            best = i;
+        }
+    }
+    best
+}
+
+/// ComfyUI `normal` (`sgm = false`) and `sgm_uniform` (`sgm = true`): timesteps evenly spaced
+/// from t(σ_max) to t(σ_min) (`torch.linspace`, float32), σ(t), then 0. `sgm_uniform` lays
+/// out N+1 points and drops the last.
+pub fn comfy_normal_sigmas(train: &[f32], steps: usize, sgm: bool) -> Vec<f32> {
+    let logs: Vec<f32> = train.iter().map(|s| s.ln()).collect();
+    let start = nearest_index(train[train.len() - 1] as f64, &logs) as f64;
+    let end = nearest_index(train[0] as f64, &logs) as f64;
+    let ts = if sgm {
+        let mut t = torch_linspace_f32(start, end, steps + 1);
+        t.pop();
+        t
+    } else {
+        torch_linspace_f32(start, end, steps)
+    };
+    let mut out: Vec<f32> = ts.iter().map(|&t| comfy_sigma(t, &logs)).collect();
+    out.push(0.0);
+    out
+}
+
+/// ComfyUI `simple`: every (1000/N)-th training σ from the top, then 0.
+pub fn comfy_simple_sigmas(train: &[f32], steps: usize) -> Vec<f32> {
+    let ss = train.len() as f64 / steps as f64;
+    let mut out: Vec<f32> = (0..steps)
+        .map(|x| train[train.len() - 1 - (x as f64 * ss) as usize])
+        .collect();
+    out.push(0.0);
+    out
+}
+
+/// ComfyUI `ddim_uniform`: training σs at indices 1, 1+k, 1+2k, … (k = 1000 // N) below
+/// 1000, reversed, then 0. Like ComfyUI this can give one step more than asked (e.g. 8 for
+/// N = 7, since 1 + 7·142 < 1000).
+pub fn comfy_ddim_uniform_sigmas(train: &[f32], steps: usize) -> Vec<f32> {
+    let ss = (train.len() / steps).max(1);
+    let mut out: Vec<f32> = (1..train.len()).step_by(ss).map(|i| train[i]).collect();
+    out.reverse();
+    out.push(0.0);
+    out
 }
 
 #[cfg(test)]
