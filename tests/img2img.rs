@@ -150,11 +150,12 @@ fn input_of_another_size_is_fitted_and_batches_use_seed_plus_i() {
     assert_eq!(two.images.len(), 2);
     assert_eq!(two.images[1].dimensions(), (128, 128));
     let second = two.latents.narrow(0, 1, 1).unwrap();
-    assert_eq!(
-        max_abs_diff(&second, &one.latents),
-        0.0,
-        "image 1 = seed + 1"
-    );
+    // Batched UNet calls sum in another order than single ones: equal up to f32 rounding,
+    // while another seed's latents differ by O(1).
+    let d = max_abs_diff(&second, &one.latents);
+    assert!(d < 1e-3, "image 1 = seed + 1: max diff {d}");
+    let first = two.latents.narrow(0, 0, 1).unwrap();
+    assert!(max_abs_diff(&first, &one.latents) > 0.1, "seeds differ");
     // Deterministic.
     let (again, _) = run(&req(31, 1));
     assert_eq!(max_abs_diff(&again.latents, &one.latents), 0.0);
