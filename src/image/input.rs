@@ -224,6 +224,11 @@ pub async fn load_init_image(
 /// `data:image/…;base64,` URI → the encoded file's bytes, refused beyond `max_bytes`.
 pub fn decode_base64_image(value: &str, max_bytes: u64) -> Result<Vec<u8>, ImageInputError> {
     let value = value.trim();
+    if strip_prefix_ci(value, "http://").is_some() || strip_prefix_ci(value, "https://").is_some() {
+        return Err(ImageInputError::Base64 {
+            reason: "it looks like a URL; send URLs in `image_url`".into(),
+        });
+    }
     let payload = match strip_prefix_ci(value, "data:") {
         Some(rest) => {
             let Some((header, data)) = rest.split_once(',') else {

@@ -122,6 +122,12 @@ async fn garbage_input_is_a_named_error() {
     assert!(e.to_string().contains("`image`"), "{e}");
     assert_eq!(e.error_type(), "invalid_input");
 
+    let e = load_init_image(Some("https://example.com/cat.png?sig=abc"), None, &opts())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("`image_url`"), "{e}");
+    assert!(!e.to_string().contains("sig=abc"), "{e}");
+
     let e = load_init_image(Some("   "), None, &opts())
         .await
         .unwrap_err();
