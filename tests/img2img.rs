@@ -341,3 +341,20 @@ fn half_precision_vae_encodes_close_to_f32() {
     assert!(rel < 1e-2, "{rel}");
     assert!(!t.vae_f32_retry, "the mini VAE does not overflow in f16");
 }
+
+/// A small denoise asks for a long second-pass schedule (`int(4 / 0.05)` = 80 steps); LCM
+/// lays out at most 50 on this spacing, so the schedule is capped and the pass still runs the
+/// requested 4 steps instead of failing.
+#[test]
+fn hires_small_denoise_stays_within_the_sampler_limit() {
+    let req = GenerateRequest {
+        sampler: SamplerKind::Lcm,
+        steps: 4,
+        guidance: 1.5,
+        ..hires(3, 1.5, 4, 0.05)
+    };
+    let (out, seen) = run(&req);
+    assert_eq!(out.images[0].dimensions(), (192, 192));
+    assert!(all_finite(&out.latents));
+    assert_eq!(seen.last().map(|p| (p.step, p.steps)), Some((8, 8)));
+}

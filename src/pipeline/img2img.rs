@@ -27,6 +27,7 @@ use super::txt2img::{
 };
 use crate::image::input::fit;
 use crate::model::vae::Vae;
+use crate::sampling::{Sampler, SamplerKind, ScheduleConfig, SigmaSchedule};
 
 /// Largest hires scale factor.
 pub const MAX_HIRES_SCALE: f32 = 4.0;
@@ -315,7 +316,13 @@ impl SdxlPipeline {
         } else {
             hires.steps
         };
-        let schedule = hires_schedule(second_steps, hires.denoise, MAX_SECOND_PASS_SCHEDULE);
+        let limit = longest_schedule(
+            req.sampler,
+            req.schedule,
+            &self.schedule_config(),
+            MAX_SECOND_PASS_SCHEDULE,
+        );
+        let schedule = hires_schedule(second_steps, hires.denoise, limit);
         let second_run = schedule.map_or(0, |(total, strength)| {
             (total as f32 * strength).floor().min(total as f32) as u32
         });
@@ -406,8 +413,36 @@ impl SdxlPipeline {
     }
 }
 
-/// Longest schedule the second hires pass lays out (the training schedule has 1000 steps).
-const MAX_SECOND_PASS_SCHEDULE: u32 = 1000;
+/// Longest schedule the second hires pass lays out: a request's own step limit. Some
+/// samplers allow fewer (LCM on a diffusers spacing: 50; see [`longest_schedule`]).
+const MAX_SECOND_PASS_SCHEDULE: u32 = MAX_STEPS;
+
+/// The longest schedule, at most `limit` steps, that `kind` on `schedule` can lay out.
+/// `int(steps / denoise)` grows without bound as the denoise shrinks, while samplers have
+/// their own limits (LCM on a diffusers spacing takes 50 steps, DDIM "leading" runs out of
+/// training timesteps near 1000). Schedule building is cheap, so this searches; a sampler
+/// that builds with `n` steps builds with fewer.
+pub fn longest_schedule(
+    kind: SamplerKind,
+    schedule: SigmaSchedule,
+    cfg: &ScheduleConfig,
+    limit: u32,
+) -> u32 {
+    let builds = |n: u32| Sampler::new(kind, schedule, cfg, n as usize).is_ok();
+    if builds(limit) {
+        return limit;
+    }
+    let (mut lo, mut hi) = (1u32, limit);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if builds(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
 
 /// The encoder's mean in f32, or `None` when it is not finite.
 fn encode_mean(vae: &Vae, x: &Tensor) -> Result<Option<Tensor>, PipelineError> {
@@ -457,8 +492,34 @@ mod tests {
         assert_eq!(hires_schedule(20, 0.7, 1000).unwrap().0, 28);
         assert!(hires_schedule(20, 0.0, 1000).is_none());
         // Tiny denoise: the schedule is capped and still runs the requested steps.
-        let (total, s) = hires_schedule(30, 0.01, 1000).unwrap();
-        assert_eq!((total, (total as f32 * s) as u32), (1000, 30));
+        let (total, s) = hires_schedule(30, 0.01, MAX_STEPS).unwrap();
+        assert_eq!((total, (total as f32 * s) as u32), (MAX_STEPS, 30));
+    }
+
+    /// The second-pass schedule limit is the longest that builds, for every sampler and
+    /// schedule that builds at all, so a small `hires.denoise` cannot make the pass fail.
+    #[test]
+    fn longest_schedule_is_the_sampler_limit() {
+        let cfg = ScheduleConfig::sdxl();
+        let mut limited = Vec::new();
+        for kind in SamplerKind::ALL {
+            for schedule in SigmaSchedule::ALL {
+                if Sampler::new(kind, schedule, &cfg, 30).is_err() {
+                    continue;
+                }
+                let n = longest_schedule(kind, schedule, &cfg, MAX_SECOND_PASS_SCHEDULE);
+                assert!(Sampler::new(kind, schedule, &cfg, n as usize).is_ok());
+                if n < MAX_SECOND_PASS_SCHEDULE {
+                    assert!(Sampler::new(kind, schedule, &cfg, n as usize + 1).is_err());
+                    limited.push((kind, schedule, n));
+                }
+            }
+        }
+        // LCM on diffusers spacings is the known limited one.
+        assert!(
+            limited.contains(&(SamplerKind::Lcm, SigmaSchedule::Default, 50)),
+            "{limited:?}"
+        );
     }
 
     /// torch.nn.functional.interpolate(x, size=(5, 7), mode="bilinear", align_corners=False)
