@@ -165,7 +165,7 @@ pub fn upscale_latents_bilinear(
 /// The schedule is made at least `steps + 1` long: the rule treats "all steps" as a fresh
 /// txt2img start that ignores the latents, while A1111 still adds them; for denoise ≥ 0.999
 /// this starts one step later on a one-step-longer schedule instead.
-pub fn hires_schedule(steps: u32, denoise: f32, max_total: u32) -> Option<(u32, f32)> {
+pub fn hires_schedule(steps: u32, denoise: f32, max_total: u32) -> Option<HiresSchedule> {
     if denoise <= 0.0 || steps == 0 {
         return None;
     }
@@ -176,7 +176,22 @@ pub fn hires_schedule(steps: u32, denoise: f32, max_total: u32) -> Option<(u32, 
     let steps = steps.min(total.saturating_sub(1)).max(1);
     // Half a step above `steps`: the rule's floor lands on `steps` despite f32 rounding.
     let strength = (steps as f32 + 0.5) / total as f32;
-    Some((total, strength))
+    Some(HiresSchedule {
+        total,
+        strength,
+        run: steps,
+    })
+}
+
+/// The second hires pass as [`DenoiseFrom::Latents`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HiresSchedule {
+    /// Schedule length (`steps` of the second pass's request).
+    pub total: u32,
+    /// Strength that makes the diffusers rule run `run` steps of `total`.
+    pub strength: f32,
+    /// Steps actually run.
+    pub run: u32,
 }
 
 impl SdxlPipeline {
@@ -323,9 +338,7 @@ impl SdxlPipeline {
             MAX_SECOND_PASS_SCHEDULE,
         );
         let schedule = hires_schedule(second_steps, hires.denoise, limit);
-        let second_run = schedule.map_or(0, |(total, strength)| {
-            (total as f32 * strength).floor().min(total as f32) as u32
-        });
+        let second_run = schedule.map_or(0, |s| s.run);
 
         let t = Instant::now();
         let first_req = GenerateRequest {
@@ -361,7 +374,10 @@ impl SdxlPipeline {
             let _s = tracing::debug_span!("latent_upscale", width = w2, height = h2).entered();
             upscale_latents_bilinear(&low, h2 as usize / factor, w2 as usize / factor)?
         };
-        let Some((total, strength)) = schedule else {
+        let Some(HiresSchedule {
+            total, strength, ..
+        }) = schedule
+        else {
             timings.denoise_s = t.elapsed().as_secs_f64();
             return Ok(up);
         };
@@ -477,9 +493,16 @@ mod tests {
             for d in [
                 0.05f32, 0.2, 0.3, 0.35, 0.5, 0.55, 0.7, 0.75, 0.9, 0.999, 1.0,
             ] {
-                let (total, strength) = hires_schedule(steps, d, 1000).unwrap();
-                let run = ((total as f32 * strength).floor() as u32).min(total);
+                let HiresSchedule {
+                    total,
+                    strength,
+                    run,
+                } = hires_schedule(steps, d, 1000).unwrap();
                 assert_eq!(run, steps, "steps {steps} denoise {d}");
+                // The rule as denoise applies it: strength widened through its decimal form.
+                let s64: f64 = strength.to_string().parse().unwrap();
+                let applied = ((f64::from(total) * s64) as u32).min(total);
+                assert_eq!(applied, steps, "steps {steps} denoise {d}");
                 assert!(strength < 1.0, "latents must not be ignored");
                 let a1111 = (f64::from(steps) / decimal_f64(d)).floor() as u32;
                 if d < 0.999 && a1111 > steps {
@@ -488,12 +511,15 @@ mod tests {
             }
         }
         // A1111: 20 hires steps at denoise 0.5 lay out 40 and run the last 20.
-        assert_eq!(hires_schedule(20, 0.5, 1000).unwrap().0, 40);
-        assert_eq!(hires_schedule(20, 0.7, 1000).unwrap().0, 28);
+        assert_eq!(hires_schedule(20, 0.5, 1000).unwrap().total, 40);
+        assert_eq!(hires_schedule(20, 0.7, 1000).unwrap().total, 28);
         assert!(hires_schedule(20, 0.0, 1000).is_none());
         // Tiny denoise: the schedule is capped and still runs the requested steps.
-        let (total, s) = hires_schedule(30, 0.01, MAX_STEPS).unwrap();
-        assert_eq!((total, (total as f32 * s) as u32), (MAX_STEPS, 30));
+        let h = hires_schedule(30, 0.01, MAX_STEPS).unwrap();
+        assert_eq!((h.total, h.run), (MAX_STEPS, 30));
+        // A limit below the requested steps: one step less than the schedule.
+        let h = hires_schedule(60, 0.5, 50).unwrap();
+        assert_eq!((h.total, h.run), (50, 49));
     }
 
     /// The second-pass schedule limit is the longest that builds, for every sampler and
