@@ -266,11 +266,20 @@ fn hires_fix_makes_the_scaled_size_deterministically() {
 
 #[test]
 fn hires_with_zero_denoise_is_the_upscaled_first_pass() {
-    let (out, seen) = run(&hires(9, 2.0, 0, 0.0));
-    let (low, _) = run(&base_request(9));
+    // Two images: the whole batch is upscaled.
+    let (out, seen) = run(&GenerateRequest {
+        num_images: 2,
+        ..hires(9, 2.0, 0, 0.0)
+    });
+    let (low, _) = run(&GenerateRequest {
+        num_images: 2,
+        ..base_request(9)
+    });
     let up = upscale_latents_bilinear(&low.latents, 32, 32).unwrap();
+    assert_eq!(out.latents.dims(), &[2, 4, 32, 32]);
     assert_eq!(max_abs_diff(&out.latents, &up), 0.0);
-    assert_eq!(out.images[0].dimensions(), (256, 256));
+    assert_eq!(out.images.len(), 2);
+    assert_eq!(out.images[1].dimensions(), (256, 256));
     assert_eq!(seen.last().map(|p| (p.step, p.steps)), Some((8, 8)));
 }
 
