@@ -348,10 +348,12 @@ fn schedule_tables_match_recorded_references() {
         // diffusers' Euler takes the Karras/exponential/beta range from its spaced σs, and a
         // 1-step `linspace` spacing is the single point t = 0: a 1-step "schedule" at σ_min.
         // We keep the model's full range (k-diffusion) there too.
-        if kind == SamplerKind::Euler && steps == 1 && kw["timestep_spacing"] == "linspace" {
-            if schedule != SigmaSchedule::Linspace {
-                continue;
-            }
+        if kind == SamplerKind::Euler
+            && steps == 1
+            && kw["timestep_spacing"] == "linspace"
+            && schedule != SigmaSchedule::Linspace
+        {
+            continue;
         }
         let s = Sampler::new(kind, schedule, &cfg, steps).unwrap();
         let what = format!("{} {kw} {steps} steps", e["class"]);

@@ -205,7 +205,8 @@ fn every_case_is_covered_or_excluded() {
         let id = c["id"].as_str().unwrap();
         let ok = COVERED.contains(&id)
             || img2img.contains(&id)
-            || excluded_prefixes.iter().any(|p| id.starts_with(p));
+            || excluded_prefixes.iter().any(|p| id.starts_with(p))
+            || excluded(id);
         assert!(ok, "no test for case {id}");
     }
 }
@@ -349,4 +350,33 @@ fn variation_seed_blends_initial_noise() {
         )
         .unwrap_err();
     assert_eq!(err.error_type(), "invalid_input");
+}
+
+/// Cancellation is checked before every UNet call, also between the two calls of a Heun
+/// step: cancelling after the first step's progress stops before the third call.
+#[test]
+fn cancellation_between_calls_of_a_two_call_step() {
+    let mut req = request(case("heun_leading_s110_n8"));
+    req.steps = 4;
+    let p = pipeline();
+    let cond = p.encode(&req).unwrap();
+    let steps = std::cell::Cell::new(0);
+    let mut timings = Timings::default();
+    let err = p
+        .denoise(
+            &req,
+            &cond,
+            &[req.seed],
+            DenoiseFrom::Noise,
+            &mut |pr| steps.set(pr.step),
+            &|| steps.get() >= 1,
+            &mut timings,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        sdxl_worker::pipeline::PipelineError::Cancelled
+    ));
+    assert_eq!(steps.get(), 1);
+    assert_eq!(timings.unet_steps, 2, "one Heun step = two UNet calls");
 }

@@ -619,7 +619,7 @@ impl Sampler {
         let s = &self.sigmas[start..];
         let ts = &self.timesteps[start..];
         let n = ts.len();
-        let mut x = x.to_dtype(DType::F32).map_err(SamplingError::from)?;
+        let mut x = f32_of(&x)?;
         let positive = s.iter().copied().filter(|&v| v > 0.0);
         let sigma_min = positive.clone().fold(f32::INFINITY, f32::min);
         let sigma_max = positive.fold(0f32, f32::max);
@@ -642,15 +642,11 @@ impl Sampler {
                         euler(&x, &d, sigma, sigma_next)?
                     } else {
                         let dt = sigma_next - sigma;
-                        let deriv = div_scalar(&(&x - &d).map_err(SamplingError::from)?, sigma)
-                            .map_err(SamplingError::from)?;
+                        let deriv = slope(&x, &d, sigma)?;
                         let x2 = add_scaled(&x, &deriv, dt)?;
                         let d2 = model(&x2, sigma_next, ts[i + 1])?;
-                        let deriv2 =
-                            div_scalar(&(&x2 - &d2).map_err(SamplingError::from)?, sigma_next)
-                                .map_err(SamplingError::from)?;
-                        let avg = ((deriv + deriv2).map_err(SamplingError::from)? * 0.5)
-                            .map_err(SamplingError::from)?;
+                        let deriv2 = slope(&x2, &d2, sigma_next)?;
+                        let avg = lin(&deriv, 0.5, &deriv2, 0.5)?;
                         add_scaled(&x, &avg, dt)?
                     }
                 }
@@ -661,8 +657,7 @@ impl Sampler {
                         let mid = log_midpoint(sigma_next, sigma);
                         let x2 = euler(&x, &d, sigma, mid)?;
                         let d2 = model(&x2, mid, self.timestep_for(mid))?;
-                        let deriv2 = div_scalar(&(&x2 - &d2).map_err(SamplingError::from)?, mid)
-                            .map_err(SamplingError::from)?;
+                        let deriv2 = slope(&x2, &d2, mid)?;
                         add_scaled(&x, &deriv2, sigma_next - sigma)?
                     }
                 }
@@ -674,8 +669,7 @@ impl Sampler {
                         let mid = log_midpoint(sigma, down);
                         let x2 = euler(&x, &d, sigma, mid)?;
                         let d2 = model(&x2, mid, self.timestep_for(mid))?;
-                        let deriv2 = div_scalar(&(&x2 - &d2).map_err(SamplingError::from)?, mid)
-                            .map_err(SamplingError::from)?;
+                        let deriv2 = slope(&x2, &d2, mid)?;
                         let x = add_scaled(&x, &deriv2, down - sigma)?;
                         let z = noise.gaussian()?;
                         add_scaled(&x, &z, up)?
@@ -736,7 +730,7 @@ impl Sampler {
                         let mut next = lin(&x, ratio as f32, &d, coef as f32)?;
                         if let (Some(old), Some(h_last)) = (&hist.d1, hist.h1) {
                             let r = h_last / h;
-                            let diff = (&d - old).map_err(SamplingError::from)?;
+                            let diff = minus(&d, old)?;
                             next = add_scaled(&next, &diff, (0.5 * coef / r) as f32)?;
                         }
                         let z = noise.sde(sigma, sigma_next, sigma_min, sigma_max)?;
@@ -760,25 +754,18 @@ impl Sampler {
                             (Some(d1), Some(d2), Some(h1), Some(h2)) => {
                                 let r0 = h1 / h;
                                 let r1 = h2 / h;
-                                let d1_0 =
-                                    div_scalar(&(&d - d1).map_err(SamplingError::from)?, r0 as f32)
-                                        .map_err(SamplingError::from)?;
-                                let d1_1 =
-                                    div_scalar(&(d1 - d2).map_err(SamplingError::from)?, r1 as f32)
-                                        .map_err(SamplingError::from)?;
-                                let diff = (&d1_0 - &d1_1).map_err(SamplingError::from)?;
+                                let d1_0 = slope(&d, d1, r0 as f32)?;
+                                let d1_1 = slope(&d1, d2, r1 as f32)?;
+                                let diff = minus(&d1_0, &d1_1)?;
                                 let dd1 = add_scaled(&d1_0, &diff, (r0 / (r0 + r1)) as f32)?;
-                                let dd2 = mul_scalar(&diff, (1.0 / (r0 + r1)) as f32)
-                                    .map_err(SamplingError::from)?;
+                                let dd2 = scaled(&diff, (1.0 / (r0 + r1)) as f32)?;
                                 let phi_3 = phi_2 / h_eta - 0.5;
                                 next = add_scaled(&next, &dd1, phi_2 as f32)?;
                                 next = add_scaled(&next, &dd2, -phi_3 as f32)?;
                             }
                             (Some(d1), _, Some(h1), _) => {
                                 let r = h1 / h;
-                                let dd =
-                                    div_scalar(&(&d - d1).map_err(SamplingError::from)?, r as f32)
-                                        .map_err(SamplingError::from)?;
+                                let dd = slope(&d, d1, r as f32)?;
                                 next = add_scaled(&next, &dd, phi_2 as f32)?;
                             }
                             _ => {}
@@ -800,7 +787,7 @@ impl Sampler {
                             // Same VP latents, read at the next step's σ.
                             let f = ((sigma_next as f64).powi(2) + 1.0).sqrt()
                                 / ((to as f64).powi(2) + 1.0).sqrt();
-                            mul_scalar(&landed, f as f32).map_err(SamplingError::from)?
+                            scaled(&landed, f as f32)?
                         }
                     }
                     None => euler(&x, &d, sigma, sigma_next)?,
@@ -825,7 +812,7 @@ impl Sampler {
         if self.ddim_targets.is_some() {
             // diffusers' DDIM returns its VP-form latents, which at ᾱ_0 are not at σ = 0.
             let last = s[n];
-            x = mul_scalar(&x, 1.0 / (last * last + 1.0).sqrt()).map_err(SamplingError::from)?;
+            x = scaled(&x, 1.0 / (last * last + 1.0).sqrt())?;
         }
         Ok(x)
     }
@@ -972,6 +959,26 @@ fn log_step(sigma: f32, sigma_next: f32) -> f64 {
 /// `sqrt(σ²+1)`: a VP-space unit noise in k-space.
 fn vp_unit(sigma: f32) -> f32 {
     (sigma * sigma + 1.0).sqrt()
+}
+
+/// `(x − d)/σ`: the k-diffusion derivative (also used for divided differences).
+fn slope(x: &Tensor, d: &Tensor, sigma: f32) -> Result<Tensor, SamplingError> {
+    Ok(div_scalar(&(x - d)?, sigma)?)
+}
+
+/// `a − b`.
+fn minus(a: &Tensor, b: &Tensor) -> Result<Tensor, SamplingError> {
+    Ok((a - b)?)
+}
+
+/// `x · s`.
+fn scaled(x: &Tensor, s: f32) -> Result<Tensor, SamplingError> {
+    Ok(mul_scalar(x, s)?)
+}
+
+/// `x` as float32.
+fn f32_of(x: &Tensor) -> Result<Tensor, SamplingError> {
+    Ok(x.to_dtype(DType::F32)?)
 }
 
 /// `a·x + b·y`.

@@ -667,6 +667,39 @@ pub fn comfy_ddim_uniform_sigmas(train: &[f32], steps: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn schedule_names_round_trip() {
+        for s in SigmaSchedule::ALL {
+            assert_eq!(SigmaSchedule::parse(s.name()).unwrap(), s);
+            if s != SigmaSchedule::Default {
+                assert_eq!(SigmaSchedule::parse(s.label()).unwrap(), s, "{}", s.label());
+            }
+        }
+        assert_eq!(
+            SigmaSchedule::parse("SGM Uniform").unwrap(),
+            SigmaSchedule::SgmUniform
+        );
+        assert_eq!(SigmaSchedule::parse("").unwrap(), SigmaSchedule::Default);
+        let err = SigmaSchedule::parse("polyexponential")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("polyexponential") && err.contains("ddim_uniform"),
+            "{err}"
+        );
+    }
+
+    /// The Beta(0.6, 0.6) quantile against `scipy.stats.beta.ppf` (values from scipy 1.x).
+    #[test]
+    fn beta_quantile_matches_scipy() {
+        // scipy.stats.beta.ppf([0.1, 0.5, 0.857142857142857], 0.6, 0.6)
+        let want = [0.039_584_405_6, 0.5, 0.928_857_973_8];
+        for (q, w) in [0.1, 0.5, 6.0 / 7.0].into_iter().zip(want) {
+            let got = beta_ppf(q, 0.6, 0.6);
+            assert!((got - w).abs() < 1e-8, "{q}: {got} vs {w}");
+        }
+    }
+
     /// Values quoted in the spec (`formats.md` §4.1) for the SDXL betas.
     #[test]
     fn sdxl_sigma_range() {
