@@ -6,6 +6,7 @@ mod te_vae_common;
 use candle_core::{DType, Device, Tensor};
 use sdxl_worker::model::vae::{Vae, VaeConfig, SDXL_VAE_SCALING_FACTOR};
 use sdxl_worker::model::ModelError;
+use sdxl_worker::pipeline::img2img::image_to_tensor;
 use te_vae_common::*;
 
 const VAE: &str = "first_stage_model";
@@ -139,6 +140,37 @@ fn encoder_shapes_determinism_and_round_trip() {
     // Bad inputs are errors, not panics.
     assert!(vae.encode(&image.narrow(3, 0, 100).unwrap()).is_err());
     assert!(vae.decode(&image).is_err());
+}
+
+/// The encoder against diffusers' `vae.encode(image).latent_dist` (reference-samplers
+/// `vae_encode*`): the PNG → [-1, 1] tensor is bit-identical to diffusers' image processor, and
+/// mean / logvar agree within 1e-4 of their largest magnitude (f32 convolutions summed in a
+/// different order; the decoder test allows 1e-3 for a deeper network).
+#[test]
+fn encode_matches_diffusers_latent_dist() {
+    let vae = load_vae(DType::F32);
+    let root = fixtures().join("reference-samplers");
+    let (mut worst_mean, mut worst_logvar) = (0f32, 0f32);
+    for dir in ["vae_encode", "vae_encode_192x128"] {
+        let dir = root.join(dir);
+        let png = image::open(dir.join("input.png")).unwrap().to_rgb8();
+        let x = image_to_tensor(&png, &Device::Cpu).unwrap();
+        let want_x = npy_tensor(&dir.join("image_input.npy"));
+        assert_eq!(
+            rel_max_diff(&x, &want_x),
+            0.0,
+            "{}: image tensor",
+            dir.display()
+        );
+        let d = vae.encode(&x).unwrap();
+        let rm = rel_max_diff(&d.mean, &npy_tensor(&dir.join("mean.npy")));
+        let rl = rel_max_diff(&d.logvar, &npy_tensor(&dir.join("logvar.npy")));
+        assert!(rm <= 1e-4, "{}: mean rel diff {rm}", dir.display());
+        assert!(rl <= 1e-4, "{}: logvar rel diff {rl}", dir.display());
+        worst_mean = worst_mean.max(rm);
+        worst_logvar = worst_logvar.max(rl);
+    }
+    eprintln!("encode: worst mean rel diff {worst_mean:.3e}, logvar {worst_logvar:.3e}");
 }
 
 #[test]

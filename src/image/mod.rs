@@ -3,6 +3,7 @@
 //! A1111 "infotext".
 
 pub mod infotext;
+pub mod input;
 
 use std::io::Cursor;
 

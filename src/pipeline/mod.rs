@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod engine;
 pub mod image;
+pub mod img2img;
 pub mod txt2img;
 
 pub use engine::{Engine, EngineError, EngineHandle};

@@ -426,9 +426,9 @@ pub struct SdxlPipeline {
     /// LoRA library, merged set and the resident weights the models are built from; `None`
     /// for synthetic weights.
     loras: Option<LoraRuntime>,
-    vae: Vae,
+    pub(super) vae: Vae,
     /// An f32 copy of the VAE when `vae` is half precision, for the NaN retry.
-    vae_f32: Option<Vae>,
+    pub(super) vae_f32: Option<Vae>,
     arch: Architecture,
     device: Device,
     info: LoadInfo,
@@ -852,6 +852,9 @@ impl SdxlPipeline {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
         req.validate()?;
+        if req.init_image.is_some() || req.hires.is_some() {
+            return self.generate_img2img_or_hires(req, progress, cancelled);
+        }
         let started = Instant::now();
         let mut timings = Timings::default();
 
