@@ -20,6 +20,8 @@ pub struct Config {
     pub engine: crate::pipeline::EngineArgs,
     #[command(flatten)]
     pub storage: crate::storage::StorageArgs,
+    #[command(flatten)]
+    pub images: crate::image::input::ImageInputArgs,
 }
 
 /// Subcommands besides the default (serve jobs).

@@ -166,6 +166,23 @@ fn serverless_jobs_match_diffusers_and_malformed_inputs_fail_cleanly() {
     for (n, (input, _)) in malformed.iter().enumerate() {
         api.push_job(&format!("bad-{n}"), input.clone());
     }
+    // img2img through the job API: the input PNG as a data URI, the diffusers reference's
+    // settings, in the names A1111 clients send.
+    let i2i = "img2img_dpmpp_2m_karras_str0.6_s201_n8";
+    let i2i_dir = fixtures().join(format!("reference-samplers/cases/{i2i}"));
+    let input_png = std::fs::read(i2i_dir.join("input.png")).unwrap();
+    use base64::Engine as _;
+    let data_uri = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&input_png)
+    );
+    api.push_job(
+        "img2img",
+        json!({"prompt": "a photo of a cat", "negative_prompt": "blurry, low quality",
+               "width": 128, "height": 128, "steps": 8, "cfg_scale": 5.0,
+               "sampler_name": "DPM++ 2M Karras", "seed": 201,
+               "init_image": data_uri, "denoising_strength": 0.6}),
+    );
     // After all the bad ones, the worker must still serve a valid job.
     api.push_job("after", case_input(cases[2]));
 
@@ -204,6 +221,33 @@ fn serverless_jobs_match_diffusers_and_malformed_inputs_fail_cleanly() {
         assert_eq!(progress, 8, "{id}: one progress update per step");
     }
 
+    let body = final_result(&api, "img2img");
+    assert!(body.get("error").is_none(), "img2img: {body}");
+    let out = &body["output"];
+    let ours = decode_data_uri(out["images"][0].as_str().unwrap());
+    let reference = image::open(i2i_dir.join("image.png")).unwrap().to_rgb8();
+    let (within_one, psnr) = compare(&ours, &reference);
+    assert!(
+        within_one >= 0.999 && psnr >= 45.0,
+        "img2img: {:.4}% of values within 1/255, PSNR {psnr:.1} dB",
+        within_one * 100.0
+    );
+    let params = out["parameters"].as_str().unwrap();
+    assert!(params.contains("Denoising strength: 0.6"), "{params}");
+    // The echoed request carries neither the image data nor anything else large.
+    let info = out["info"]["request"].to_string();
+    assert!(
+        !info.contains(&data_uri[30..80]) && info.len() < 4000,
+        "{info}"
+    );
+    // Strength 0.6 of 8 steps runs the last 4 (diffusers' rule); one update per step run.
+    let progress = api
+        .done_for("img2img")
+        .iter()
+        .filter(|r| r.json()["status"] == "IN_PROGRESS")
+        .count();
+    assert_eq!(progress, 4, "img2img progress updates");
+
     for (n, (input, needle)) in malformed.iter().enumerate() {
         let body = final_result(&api, &format!("bad-{n}"));
         let error = body["error"]
@@ -215,6 +259,10 @@ fn serverless_jobs_match_diffusers_and_malformed_inputs_fail_cleanly() {
         assert!(
             message.contains(needle),
             "input {input}: error {message:?} does not mention {needle:?}"
+        );
+        assert!(
+            !message.contains("token=abc"),
+            "query string leaked: {message}"
         );
     }
     shutdown.cancel();
@@ -289,8 +337,8 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
             "field `schedule`",
         ),
         (
-            json!({"prompt": "a", "scheduler": "DDIM", "schedule": "karras"}),
-            "not available",
+            json!({"prompt": "a", "scheduler": "DDIM", "schedule": "polyexponential"}),
+            "field `schedule`",
         ),
         (
             json!({"prompt": "a", "num_images": 0}),
@@ -329,7 +377,10 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
         (json!({"prompt": "a", "clip_skip": 14}), "field `clip_skip`"),
         // Within the schema's range but deeper than the test model's 2-layer encoders: the
         // engine refuses it as invalid input, naming the field.
-        (json!({"prompt": "a", "clip_skip": 4}), "clip_skip"),
+        (
+            json!({"prompt": "a", "clip_skip": 4, "width": 64, "height": 64}),
+            "clip_skip",
+        ),
         (
             json!({"prompt": "a", "output_format": "gif"}),
             "field `output_format`",
@@ -345,7 +396,18 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
         ),
         (
             json!({"prompt": "a", "image": "not base64!"}),
-            "field `image`",
+            "`image` is not valid base64",
+        ),
+        // The mock job API listens on loopback; image_url must not reach it (SSRF guard),
+        // and the refusal must not echo the query string.
+        (
+            json!({"prompt": "a", "image_url": "http://127.0.0.1:9/x.png?token=abc"}),
+            "image_url",
+        ),
+        (
+            json!({"prompt": "a", "scheduler": "LCM", "schedule": "leading", "steps": 60,
+                   "width": 64, "height": 64}),
+            "lcm",
         ),
     ]
 }

@@ -11,16 +11,18 @@ use serde_json::json;
 
 use crate::fetch::{ModelKind, ResolvedModel, ResolvedModels};
 use crate::image::infotext::Infotext;
+use crate::image::input::ImageFetchOptions;
 use crate::lora::{extract_prompt_loras, LoraEntry};
 use crate::pipeline::{
-    Engine, EngineArgs, EngineError, EngineHandle, GenerateRequest, PipelineConfig, PipelineError,
-    Variation,
+    Engine, EngineArgs, EngineError, EngineHandle, GenerateRequest, HiresFix, InitImage,
+    PipelineConfig, PipelineError, Variation,
 };
 use crate::prompt::Emphasis;
 use crate::runpod::{async_trait, Handler, HandlerOutput, Job, JobContext, JobError};
 use crate::sampling::{NoiseKind, SamplerKind, SdeNoise, SigmaSchedule};
 use request::{
-    Defaults, GenerateInput, NoiseName, SamplerName, ScheduleName, SdeNoiseName, WeightingName,
+    Defaults, GenerateInput, ImageSource, NoiseName, SamplerName, ScheduleName, SdeNoiseName,
+    WeightingName,
 };
 
 /// Largest result body posted without object storage: RunPod refuses job results of about
@@ -54,6 +56,8 @@ pub struct SdxlHandler {
     defaults: Defaults,
     /// Object storage for result images; `None` = inline base64 data URIs.
     bucket: Option<Arc<crate::storage::Bucket>>,
+    /// Limits and address policy for img2img inputs (`image`, `image_url`).
+    image_options: ImageFetchOptions,
 }
 
 impl SdxlHandler {
@@ -101,7 +105,15 @@ impl SdxlHandler {
             models,
             defaults: Defaults::default(),
             bucket,
+            image_options: ImageFetchOptions::default(),
         })
+    }
+
+    /// Replaces the img2img input limits and address policy (default: public addresses only,
+    /// 20 MiB, 40 megapixels).
+    pub fn with_image_options(mut self, options: ImageFetchOptions) -> Self {
+        self.image_options = options;
+        self
     }
 
     /// Replaces the request defaults and limits (tests use a smaller minimum size).
@@ -213,33 +225,34 @@ impl SdxlHandler {
 }
 
 /// The engine's names for a request's sampler and schedule.
-fn engine_sampler(
-    sampler: SamplerName,
-    schedule: ScheduleName,
-) -> Result<(SamplerKind, SigmaSchedule), JobError> {
+fn engine_sampler(sampler: SamplerName, schedule: ScheduleName) -> (SamplerKind, SigmaSchedule) {
     let kind = match sampler {
         SamplerName::Euler => SamplerKind::Euler,
         SamplerName::EulerA => SamplerKind::EulerAncestral,
+        SamplerName::Heun => SamplerKind::Heun,
+        SamplerName::Dpm2 => SamplerKind::Dpm2,
+        SamplerName::Dpm2A => SamplerKind::Dpm2Ancestral,
         SamplerName::DpmPp2m => SamplerKind::DpmPp2m,
+        SamplerName::DpmPpSde => SamplerKind::DpmPpSde,
+        SamplerName::DpmPp2mSde => SamplerKind::DpmPp2mSde,
+        SamplerName::DpmPp3mSde => SamplerKind::DpmPp3mSde,
         SamplerName::Ddim => SamplerKind::Ddim,
-        other => {
-            return Err(JobError::invalid_input(format!(
-                "field `scheduler`: {} is not available yet",
-                other.a1111_label()
-            )))
-        }
+        SamplerName::UniPc => SamplerKind::UniPc,
+        SamplerName::Lcm => SamplerKind::Lcm,
     };
     let schedule = match schedule {
-        ScheduleName::Leading => SigmaSchedule::Default,
+        ScheduleName::Normal => SigmaSchedule::Normal,
         ScheduleName::Karras => SigmaSchedule::Karras,
-        other => {
-            return Err(JobError::invalid_input(format!(
-                "field `schedule`: {} is not available yet",
-                other.a1111_label()
-            )))
-        }
+        ScheduleName::Exponential => SigmaSchedule::Exponential,
+        ScheduleName::SgmUniform => SigmaSchedule::SgmUniform,
+        ScheduleName::Simple => SigmaSchedule::Simple,
+        ScheduleName::DdimUniform => SigmaSchedule::DdimUniform,
+        ScheduleName::Beta => SigmaSchedule::Beta,
+        ScheduleName::Leading => SigmaSchedule::Leading,
+        ScheduleName::Trailing => SigmaSchedule::Trailing,
+        ScheduleName::Linspace => SigmaSchedule::Linspace,
     };
-    Ok((kind, schedule))
+    (kind, schedule)
 }
 
 /// The engine's settings for the request's text and noise options.
@@ -284,12 +297,23 @@ impl Handler for SdxlHandler {
         let seed = input
             .seed
             .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-        if input.img2img.is_some() || input.hires.is_some() {
-            return Err(JobError::invalid_input(
-                "field `image`/`image_url`/`hires_scale`: not available yet",
-            ));
-        }
-        let (sampler, schedule) = engine_sampler(input.sampler, input.schedule)?;
+        let init_image = match &input.img2img {
+            None => None,
+            Some(i) => {
+                let (inline, url) = match &i.source {
+                    ImageSource::Inline(data) => (Some(data.as_str()), None),
+                    ImageSource::Url(url) => (None, Some(url.as_str())),
+                };
+                let image = crate::image::input::load_init_image(inline, url, &self.image_options)
+                    .await
+                    .map_err(|e| JobError::from_error(e.error_type(), e))?;
+                Some(InitImage {
+                    image,
+                    strength: i.strength as f32,
+                })
+            }
+        };
+        let (sampler, schedule) = engine_sampler(input.sampler, input.schedule);
         let mut req = GenerateRequest {
             prompt: input.prompt.clone(),
             negative_prompt: input.negative_prompt.clone(),
@@ -309,6 +333,12 @@ impl Handler for SdxlHandler {
             ..GenerateRequest::default()
         };
         engine_options(&input, &mut req);
+        req.init_image = init_image;
+        req.hires = input.hires.map(|h| HiresFix {
+            scale: h.scale as f32,
+            steps: h.steps,
+            denoise: h.denoise as f32,
+        });
         let progress_ctx = ctx.clone();
         let output = self
             .engine
@@ -415,6 +445,9 @@ pub async fn build(
     models: ResolvedModels,
     args: &EngineArgs,
     bucket: Option<Arc<crate::storage::Bucket>>,
+    image_options: ImageFetchOptions,
 ) -> Result<Arc<SdxlHandler>, LoadError> {
-    SdxlHandler::load(models, args, bucket).await.map(Arc::new)
+    SdxlHandler::load(models, args, bucket)
+        .await
+        .map(|h| Arc::new(h.with_image_options(image_options)))
 }

@@ -24,6 +24,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use tracing::Instrument;
 use url::Url;
 
 /// Default cap on the encoded image (downloaded body or decoded base64): 20 MiB.
@@ -509,12 +510,21 @@ pub async fn fetch_image_bytes(
 async fn fetch_checked(
     url: &str,
     opts: &ImageFetchOptions,
-    allowed: &dyn Fn(IpAddr) -> bool,
+    allowed: &(dyn Fn(IpAddr) -> bool + Sync),
 ) -> Result<Vec<u8>, ImageInputError> {
-    let mut current = Url::parse(url.trim()).map_err(|e| ImageInputError::InvalidUrl {
+    let current = Url::parse(url.trim()).map_err(|e| ImageInputError::InvalidUrl {
         reason: e.to_string(),
     })?;
-    let _span = tracing::debug_span!("fetch_image", url = %redact_url(&current)).entered();
+    let span = tracing::debug_span!("fetch_image", url = %redact_url(&current));
+    fetch_hops(current, opts, allowed).instrument(span).await
+}
+
+/// The redirect loop of [`fetch_checked`], inside its span.
+async fn fetch_hops(
+    mut current: Url,
+    opts: &ImageFetchOptions,
+    allowed: &(dyn Fn(IpAddr) -> bool + Sync),
+) -> Result<Vec<u8>, ImageInputError> {
     let started = Instant::now();
     let deadline = started + opts.total_timeout;
     for _hop in 0..=opts.max_redirects {
@@ -595,7 +605,7 @@ async fn checked_client(
     url: &Url,
     opts: &ImageFetchOptions,
     remaining: Duration,
-    allowed: &dyn Fn(IpAddr) -> bool,
+    allowed: &(dyn Fn(IpAddr) -> bool + Sync),
 ) -> Result<reqwest::Client, ImageInputError> {
     match url.scheme() {
         "http" | "https" => {}

@@ -14,8 +14,8 @@ pub mod txt2img;
 
 pub use engine::{Engine, EngineError, EngineHandle};
 pub use txt2img::{
-    Conditioning, GenerateOutput, GenerateRequest, HiresFix, InitImage, LoadInfo, PipelineConfig,
-    PipelineError, Progress, SdxlPipeline, Timings, Variation, WeightsSource,
+    Conditioning, DenoiseFrom, GenerateOutput, GenerateRequest, HiresFix, InitImage, LoadInfo,
+    PipelineConfig, PipelineError, Progress, SdxlPipeline, Timings, Variation, WeightsSource,
 };
 
 use candle_core::{DType, Device};
