@@ -15,28 +15,9 @@ use sdxl_worker::pipeline::{
 };
 use sdxl_worker::sampling::{SamplerKind, SigmaSchedule};
 use std::path::PathBuf;
-use std::sync::OnceLock;
-
-fn pipeline() -> &'static SdxlPipeline {
-    static P: OnceLock<SdxlPipeline> = OnceLock::new();
-    P.get_or_init(|| {
-        SdxlPipeline::load(&PipelineConfig::cpu_f32(
-            fixtures().join("mini-m.fp16.safetensors"),
-        ))
-        .unwrap()
-    })
-}
 
 fn refs() -> PathBuf {
     fixtures().join("reference-samplers")
-}
-
-fn refs_manifest() -> &'static serde_json::Value {
-    static M: OnceLock<serde_json::Value> = OnceLock::new();
-    M.get_or_init(|| {
-        let text = std::fs::read_to_string(refs().join("manifest.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    })
 }
 
 /// The 128 × 128 input image of the VAE-encode reference.
@@ -164,7 +145,7 @@ fn input_of_another_size_is_fitted_and_batches_use_seed_plus_i() {
 
 /// One diffusers img2img case: clean latents, final latents, decoded floats and PNG.
 fn reference_case(id: &str) {
-    let c = refs_manifest()["cases"]
+    let c = samplers_manifest()["cases"]
         .as_array()
         .unwrap()
         .iter()
@@ -224,7 +205,7 @@ fn every_img2img_reference_case_is_covered() {
         "img2img_euler_leading_str0.5_s200_n8",
         "img2img_dpmpp_2m_karras_str0.6_s201_n8",
     ];
-    for c in refs_manifest()["cases"].as_array().unwrap() {
+    for c in samplers_manifest()["cases"].as_array().unwrap() {
         if c["pipeline"] == "img2img" {
             let id = c["id"].as_str().unwrap();
             assert!(covered.contains(&id), "no test for {id}");

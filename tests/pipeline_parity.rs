@@ -6,17 +6,6 @@ mod parity_support;
 
 use parity_support::*;
 use sdxl_worker::pipeline::{PipelineConfig, SdxlPipeline};
-use std::sync::OnceLock;
-
-fn pipeline() -> &'static SdxlPipeline {
-    static P: OnceLock<SdxlPipeline> = OnceLock::new();
-    P.get_or_init(|| {
-        SdxlPipeline::load(&PipelineConfig::cpu_f32(
-            fixtures().join("mini-m.fp16.safetensors"),
-        ))
-        .unwrap()
-    })
-}
 
 fn run_case(id: &str) {
     let c = case(id);

@@ -15,38 +15,13 @@
 mod parity_support;
 
 use candle_core::Tensor;
-use parity_support::{check_image, fixtures, npy, rel_err, LATENT_TOL};
+use parity_support::{
+    check_image, fixtures, npy, pipeline, rel_err, samplers_case as case,
+    samplers_manifest as manifest, LATENT_TOL,
+};
 use sdxl_worker::pipeline::txt2img::DenoiseFrom;
-use sdxl_worker::pipeline::{GenerateRequest, PipelineConfig, SdxlPipeline, Timings};
+use sdxl_worker::pipeline::{GenerateRequest, Timings};
 use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
-use std::sync::OnceLock;
-
-fn pipeline() -> &'static SdxlPipeline {
-    static P: OnceLock<SdxlPipeline> = OnceLock::new();
-    P.get_or_init(|| {
-        SdxlPipeline::load(&PipelineConfig::cpu_f32(
-            fixtures().join("mini-m.fp16.safetensors"),
-        ))
-        .unwrap()
-    })
-}
-
-fn manifest() -> &'static serde_json::Value {
-    static M: OnceLock<serde_json::Value> = OnceLock::new();
-    M.get_or_init(|| {
-        let path = fixtures().join("reference-samplers/manifest.json");
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    })
-}
-
-fn case(id: &str) -> &'static serde_json::Value {
-    manifest()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("case {id} not in manifest"))
-}
 
 fn request(c: &serde_json::Value) -> GenerateRequest {
     let w = &c["worker"];

@@ -246,30 +246,12 @@ impl SdxlPipeline {
             ));
         };
 
-        let t = Instant::now();
-        let image_float = {
-            let _s = tracing::debug_span!("decode").entered();
-            self.decode(&latents, &mut timings)?
-        };
-        let images = super::image::tensor_to_images(&image_float)?;
-        timings.decode_s = t.elapsed().as_secs_f64();
-        timings.total_s = started.elapsed().as_secs_f64();
-        tracing::info!(
-            encode_s = timings.encode_s,
-            denoise_s = timings.denoise_s,
-            decode_s = timings.decode_s,
-            total_s = timings.total_s,
+        tracing::debug!(
             img2img = req.init_image.is_some(),
             hires = req.hires.is_some(),
-            "generated {n} image(s)"
+            "denoised"
         );
-        Ok(GenerateOutput {
-            images,
-            seeds,
-            latents: latents.to_device(&Device::Cpu)?,
-            image_float: image_float.to_device(&Device::Cpu)?,
-            timings,
-        })
+        self.finish(latents, seeds, started, timings)
     }
 
     /// The clean latents of an input image (`[1, C, h, w]`, × scaling factor, f32): fitted to

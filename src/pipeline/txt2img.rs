@@ -881,7 +881,18 @@ impl SdxlPipeline {
             )?
         };
         timings.denoise_s = t.elapsed().as_secs_f64();
+        self.finish(latents, seeds, started, timings)
+    }
 
+    /// The common tail of every request: decode the final latents, convert to 8-bit images,
+    /// log the stage timings, and bring the tensors back to the host.
+    pub(super) fn finish(
+        &self,
+        latents: Tensor,
+        seeds: Vec<u64>,
+        started: Instant,
+        mut timings: Timings,
+    ) -> Result<GenerateOutput, PipelineError> {
         let t = Instant::now();
         let image_float = {
             let _s = tracing::debug_span!("decode").entered();
@@ -895,7 +906,8 @@ impl SdxlPipeline {
             denoise_s = timings.denoise_s,
             decode_s = timings.decode_s,
             total_s = timings.total_s,
-            "generated {n} image(s)"
+            "generated {} image(s)",
+            seeds.len()
         );
         Ok(GenerateOutput {
             images,

@@ -2,7 +2,9 @@
 //! manifest, reading `.npy` references, the tolerances and the comparisons.
 #![allow(dead_code)]
 
-use sdxl_worker::pipeline::{Conditioning, GenerateOutput, GenerateRequest};
+use sdxl_worker::pipeline::{
+    Conditioning, GenerateOutput, GenerateRequest, PipelineConfig, SdxlPipeline,
+};
 use sdxl_worker::sampling::SamplerKind;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -19,21 +21,49 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-pub fn manifest() -> &'static serde_json::Value {
-    static M: OnceLock<serde_json::Value> = OnceLock::new();
-    M.get_or_init(|| {
-        let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
+/// The mini-m fixture pipeline on the CPU in f32, loaded once per test binary.
+pub fn pipeline() -> &'static SdxlPipeline {
+    static P: OnceLock<SdxlPipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        SdxlPipeline::load(&PipelineConfig::cpu_f32(
+            fixtures().join("mini-m.fp16.safetensors"),
+        ))
+        .unwrap()
     })
 }
 
-pub fn case(id: &str) -> &'static serde_json::Value {
-    manifest()["cases"]
+fn read_manifest(dir: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join(dir).join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn find_case<'a>(manifest: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    manifest["cases"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["id"] == id)
         .unwrap_or_else(|| panic!("case {id} not in manifest"))
+}
+
+/// `tests/fixtures/reference/manifest.json` (the engine's original diffusers cases).
+pub fn manifest() -> &'static serde_json::Value {
+    static M: OnceLock<serde_json::Value> = OnceLock::new();
+    M.get_or_init(|| read_manifest("reference"))
+}
+
+pub fn case(id: &str) -> &'static serde_json::Value {
+    find_case(manifest(), id)
+}
+
+/// `tests/fixtures/reference-samplers/manifest.json` (samplers, schedules, img2img).
+pub fn samplers_manifest() -> &'static serde_json::Value {
+    static M: OnceLock<serde_json::Value> = OnceLock::new();
+    M.get_or_init(|| read_manifest("reference-samplers"))
+}
+
+pub fn samplers_case(id: &str) -> &'static serde_json::Value {
+    find_case(samplers_manifest(), id)
 }
 
 pub fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
