@@ -19,11 +19,8 @@ use crate::pipeline::{
 };
 use crate::prompt::Emphasis;
 use crate::runpod::{async_trait, Handler, HandlerOutput, Job, JobContext, JobError};
-use crate::sampling::{NoiseKind, SamplerKind, SdeNoise, SigmaSchedule};
-use request::{
-    Defaults, GenerateInput, ImageSource, NoiseName, SamplerName, ScheduleName, SdeNoiseName,
-    WeightingName,
-};
+use crate::sampling::{NoiseKind, SdeNoise};
+use request::{Defaults, GenerateInput, ImageSource, NoiseName, SdeNoiseName, WeightingName};
 
 /// Largest result body posted without object storage: RunPod refuses job results of about
 /// 20 MB, so a bigger one would be lost rather than delivered.
@@ -197,8 +194,8 @@ impl SdxlHandler {
             prompt: input.prompt.clone(),
             negative_prompt: input.negative_prompt.clone(),
             steps: input.steps,
-            sampler: input.sampler.a1111_label().to_string(),
-            schedule: Some(input.schedule.a1111_label().to_string()),
+            sampler: input.sampler.label().to_string(),
+            schedule: Some(input.schedule.label().to_string()),
             cfg_scale: input.guidance_scale,
             seed,
             width: input.width,
@@ -222,37 +219,6 @@ impl SdxlHandler {
             civitai_resources: resources,
         }
     }
-}
-
-/// The engine's names for a request's sampler and schedule.
-fn engine_sampler(sampler: SamplerName, schedule: ScheduleName) -> (SamplerKind, SigmaSchedule) {
-    let kind = match sampler {
-        SamplerName::Euler => SamplerKind::Euler,
-        SamplerName::EulerA => SamplerKind::EulerAncestral,
-        SamplerName::Heun => SamplerKind::Heun,
-        SamplerName::Dpm2 => SamplerKind::Dpm2,
-        SamplerName::Dpm2A => SamplerKind::Dpm2Ancestral,
-        SamplerName::DpmPp2m => SamplerKind::DpmPp2m,
-        SamplerName::DpmPpSde => SamplerKind::DpmPpSde,
-        SamplerName::DpmPp2mSde => SamplerKind::DpmPp2mSde,
-        SamplerName::DpmPp3mSde => SamplerKind::DpmPp3mSde,
-        SamplerName::Ddim => SamplerKind::Ddim,
-        SamplerName::UniPc => SamplerKind::UniPc,
-        SamplerName::Lcm => SamplerKind::Lcm,
-    };
-    let schedule = match schedule {
-        ScheduleName::Normal => SigmaSchedule::Normal,
-        ScheduleName::Karras => SigmaSchedule::Karras,
-        ScheduleName::Exponential => SigmaSchedule::Exponential,
-        ScheduleName::SgmUniform => SigmaSchedule::SgmUniform,
-        ScheduleName::Simple => SigmaSchedule::Simple,
-        ScheduleName::DdimUniform => SigmaSchedule::DdimUniform,
-        ScheduleName::Beta => SigmaSchedule::Beta,
-        ScheduleName::Leading => SigmaSchedule::Leading,
-        ScheduleName::Trailing => SigmaSchedule::Trailing,
-        ScheduleName::Linspace => SigmaSchedule::Linspace,
-    };
-    (kind, schedule)
 }
 
 /// The engine's settings for the request's text and noise options.
@@ -313,7 +279,6 @@ impl Handler for SdxlHandler {
                 })
             }
         };
-        let (sampler, schedule) = engine_sampler(input.sampler, input.schedule);
         let mut req = GenerateRequest {
             prompt: input.prompt.clone(),
             negative_prompt: input.negative_prompt.clone(),
@@ -321,8 +286,8 @@ impl Handler for SdxlHandler {
             height: input.height,
             steps: input.steps,
             guidance: input.guidance_scale as f32,
-            sampler,
-            schedule,
+            sampler: input.sampler,
+            schedule: input.schedule,
             seed,
             num_images: input.num_images,
             loras: input

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::sampling::{SamplerKind, SigmaSchedule};
+
 /// Largest prompt accepted, in characters. Long prompts are fine (they are chunked), but a
 /// megabyte of text is a mistake or an attack, not a prompt.
 pub const MAX_PROMPT_CHARS: usize = 20_000;
@@ -39,123 +41,37 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("hires_denoise", &[]),
 ];
 
-/// Sampling algorithms the engine implements, by canonical (ComfyUI-style) name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SamplerName {
-    Euler,
-    EulerA,
-    Heun,
-    #[serde(rename = "dpm_2")]
-    Dpm2,
-    #[serde(rename = "dpm_2_a")]
-    Dpm2A,
-    #[serde(rename = "dpmpp_2m")]
-    DpmPp2m,
-    #[serde(rename = "dpmpp_sde")]
-    DpmPpSde,
-    #[serde(rename = "dpmpp_2m_sde")]
-    DpmPp2mSde,
-    #[serde(rename = "dpmpp_3m_sde")]
-    DpmPp3mSde,
-    Ddim,
-    UniPc,
-    Lcm,
-}
-
-impl SamplerName {
-    /// The A1111 label, as written into the infotext (`Sampler: …`).
-    pub fn a1111_label(self) -> &'static str {
-        match self {
-            SamplerName::Euler => "Euler",
-            SamplerName::EulerA => "Euler a",
-            SamplerName::Heun => "Heun",
-            SamplerName::Dpm2 => "DPM2",
-            SamplerName::Dpm2A => "DPM2 a",
-            SamplerName::DpmPp2m => "DPM++ 2M",
-            SamplerName::DpmPpSde => "DPM++ SDE",
-            SamplerName::DpmPp2mSde => "DPM++ 2M SDE",
-            SamplerName::DpmPp3mSde => "DPM++ 3M SDE",
-            SamplerName::Ddim => "DDIM",
-            SamplerName::UniPc => "UniPC",
-            SamplerName::Lcm => "LCM",
-        }
-    }
-
-    /// The schedule used when the request names none: A1111's "Automatic" choice for the
-    /// sampler (Karras for DPM++ 2M / SDE and DPM2, exponential for the multistep SDE
-    /// samplers, the sampler's plain schedule otherwise).
-    pub fn default_schedule(self) -> ScheduleName {
-        match self {
-            SamplerName::DpmPp2m
-            | SamplerName::DpmPpSde
-            | SamplerName::Dpm2
-            | SamplerName::Dpm2A => ScheduleName::Karras,
-            SamplerName::DpmPp2mSde | SamplerName::DpmPp3mSde => ScheduleName::Exponential,
-            SamplerName::Ddim => ScheduleName::Leading,
-            SamplerName::Lcm => ScheduleName::SgmUniform,
-            SamplerName::Euler | SamplerName::EulerA | SamplerName::Heun | SamplerName::UniPc => {
-                ScheduleName::Normal
-            }
-        }
+/// The schedule used when the request names none: A1111's "Automatic" choice for the
+/// sampler (Karras for DPM++ 2M / SDE and DPM2, exponential for the multistep SDE samplers),
+/// LCM on `sgm_uniform` as ComfyUI recommends, DDIM on the checkpoint's own diffusers
+/// spacing (as A1111's and diffusers' DDIM), and ComfyUI's `normal` otherwise.
+pub fn default_schedule(sampler: SamplerKind) -> SigmaSchedule {
+    match sampler {
+        S::DpmPp2m | S::DpmPpSde | S::Dpm2 | S::Dpm2Ancestral => Sch::Karras,
+        S::DpmPp2mSde | S::DpmPp3mSde => Sch::Exponential,
+        S::Ddim => Sch::Default,
+        S::Lcm => Sch::SgmUniform,
+        S::Euler | S::EulerAncestral | S::Heun | S::UniPc => Sch::Normal,
     }
 }
 
-/// Sigma schedules a request can pick: ComfyUI's scheduler names plus diffusers' timestep
-/// spacings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleName {
-    /// ComfyUI `normal` / A1111 "Uniform": evenly spaced in timestep.
-    Normal,
-    /// Karras et al. (rho 7) between the model's sigma_min and sigma_max.
-    Karras,
-    Exponential,
-    SgmUniform,
-    Simple,
-    DdimUniform,
-    Beta,
-    /// diffusers `timestep_spacing` values.
-    Leading,
-    Trailing,
-    Linspace,
-}
-
-impl ScheduleName {
-    /// The A1111 `Schedule type` label.
-    pub fn a1111_label(self) -> &'static str {
-        match self {
-            ScheduleName::Normal => "Normal",
-            ScheduleName::Karras => "Karras",
-            ScheduleName::Exponential => "Exponential",
-            ScheduleName::SgmUniform => "SGM Uniform",
-            ScheduleName::Simple => "Simple",
-            ScheduleName::DdimUniform => "DDIM",
-            ScheduleName::Beta => "Beta",
-            ScheduleName::Leading => "Leading",
-            ScheduleName::Trailing => "Trailing",
-            ScheduleName::Linspace => "Linspace",
-        }
-    }
-}
-
-use SamplerName as S;
-use ScheduleName as Sch;
+use SamplerKind as S;
+use SigmaSchedule as Sch;
 
 /// Sampler labels accepted in `scheduler` / `sampler_name` / `sampler` (compared
 /// case-insensitively): A1111 labels, also the older ones that carry the schedule
 /// ("DPM++ 2M Karras"), ComfyUI names, k-diffusion `k_` names and diffusers class names.
-const SAMPLER_LABELS: &[(&str, SamplerName, Option<ScheduleName>)] = &[
+const SAMPLER_LABELS: &[(&str, SamplerKind, Option<SigmaSchedule>)] = &[
     ("euler", S::Euler, None),
     ("k_euler", S::Euler, None),
     ("eulerdiscretescheduler", S::Euler, None),
     ("euler karras", S::Euler, Some(Sch::Karras)),
-    ("euler a", S::EulerA, None),
-    ("euler_a", S::EulerA, None),
-    ("euler_ancestral", S::EulerA, None),
-    ("k_euler_ancestral", S::EulerA, None),
-    ("k_euler_a", S::EulerA, None),
-    ("eulerancestraldiscretescheduler", S::EulerA, None),
+    ("euler a", S::EulerAncestral, None),
+    ("euler_a", S::EulerAncestral, None),
+    ("euler_ancestral", S::EulerAncestral, None),
+    ("k_euler_ancestral", S::EulerAncestral, None),
+    ("k_euler_a", S::EulerAncestral, None),
+    ("eulerancestraldiscretescheduler", S::EulerAncestral, None),
     ("heun", S::Heun, None),
     ("k_heun", S::Heun, None),
     ("heundiscretescheduler", S::Heun, None),
@@ -165,12 +81,12 @@ const SAMPLER_LABELS: &[(&str, SamplerName, Option<ScheduleName>)] = &[
     ("k_dpm_2", S::Dpm2, None),
     ("kdpm2discretescheduler", S::Dpm2, None),
     ("dpm2 karras", S::Dpm2, Some(Sch::Karras)),
-    ("dpm2 a", S::Dpm2A, None),
-    ("dpm_2_a", S::Dpm2A, None),
-    ("dpm_2_ancestral", S::Dpm2A, None),
-    ("k_dpm_2_a", S::Dpm2A, None),
-    ("kdpm2ancestraldiscretescheduler", S::Dpm2A, None),
-    ("dpm2 a karras", S::Dpm2A, Some(Sch::Karras)),
+    ("dpm2 a", S::Dpm2Ancestral, None),
+    ("dpm_2_a", S::Dpm2Ancestral, None),
+    ("dpm_2_ancestral", S::Dpm2Ancestral, None),
+    ("k_dpm_2_a", S::Dpm2Ancestral, None),
+    ("kdpm2ancestraldiscretescheduler", S::Dpm2Ancestral, None),
+    ("dpm2 a karras", S::Dpm2Ancestral, Some(Sch::Karras)),
     ("dpm++ 2m", S::DpmPp2m, None),
     ("dpmpp_2m", S::DpmPp2m, None),
     ("k_dpmpp_2m", S::DpmPp2m, None),
@@ -216,8 +132,9 @@ const SAMPLER_LABELS: &[(&str, SamplerName, Option<ScheduleName>)] = &[
 
 /// Schedule labels: ComfyUI scheduler names, A1111 "Schedule type" labels and diffusers'
 /// timestep spacings. "Automatic" keeps the sampler's default.
-const SCHEDULE_LABELS: &[(&str, Option<ScheduleName>)] = &[
+const SCHEDULE_LABELS: &[(&str, Option<SigmaSchedule>)] = &[
     ("automatic", None),
+    ("default", Some(Sch::Default)),
     ("normal", Some(Sch::Normal)),
     ("uniform", Some(Sch::Normal)),
     ("karras", Some(Sch::Karras)),
@@ -267,6 +184,14 @@ pub enum ImageSource {
     Inline(#[serde(serialize_with = "ser_len")] String),
     /// An http(s) URL; serialised without its query string (it may carry a token).
     Url(#[serde(serialize_with = "ser_url")] String),
+}
+
+fn ser_sampler<Z: serde::Serializer>(v: &SamplerKind, s: Z) -> Result<Z::Ok, Z::Error> {
+    s.serialize_str(v.name())
+}
+
+fn ser_schedule<Z: serde::Serializer>(v: &SigmaSchedule, s: Z) -> Result<Z::Ok, Z::Error> {
+    s.serialize_str(v.name())
 }
 
 fn ser_len<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -354,8 +279,10 @@ pub struct GenerateInput {
     pub guidance_scale: f64,
     /// `None` = draw a random seed (the one used is always returned).
     pub seed: Option<u64>,
-    pub sampler: SamplerName,
-    pub schedule: ScheduleName,
+    #[serde(serialize_with = "ser_sampler")]
+    pub sampler: SamplerKind,
+    #[serde(serialize_with = "ser_schedule")]
+    pub schedule: SigmaSchedule,
     pub num_images: u32,
     pub checkpoint: Option<String>,
     pub loras: Vec<LoraRequest>,
@@ -382,7 +309,7 @@ pub struct Defaults {
     pub min_side: u32,
     pub steps: u32,
     pub guidance_scale: f64,
-    pub sampler: SamplerName,
+    pub sampler: SamplerKind,
 }
 
 impl Default for Defaults {
@@ -392,7 +319,7 @@ impl Default for Defaults {
             min_side: 256,
             steps: 30,
             guidance_scale: 5.0,
-            sampler: SamplerName::DpmPp2m,
+            sampler: SamplerKind::DpmPp2m,
         }
     }
 }
@@ -624,7 +551,7 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
             None => c.fail("scheduler", v, &allowed_samplers()),
         }
     }
-    let mut schedule = schedule_from_label.unwrap_or(sampler.default_schedule());
+    let mut schedule = schedule_from_label.unwrap_or(default_schedule(sampler));
     if let Some(v) = c.get("schedule") {
         match v
             .as_str()
@@ -887,8 +814,8 @@ mod tests {
     fn defaults_fill_missing_fields() {
         let r = ok(json!({"prompt": "a cat"}));
         assert_eq!((r.width, r.height, r.steps), (1024, 1024, 30));
-        assert_eq!(r.sampler, SamplerName::DpmPp2m);
-        assert_eq!(r.schedule, ScheduleName::Karras);
+        assert_eq!(r.sampler, SamplerKind::DpmPp2m);
+        assert_eq!(r.schedule, SigmaSchedule::Karras);
         assert_eq!(r.negative_prompt, None);
         assert_eq!(r.num_images, 1);
         assert_eq!(r.output_format, OutputFormat::Png);
@@ -902,36 +829,36 @@ mod tests {
         );
         assert_eq!(r.steps, 20);
         assert_eq!(r.guidance_scale, 7.5);
-        assert_eq!(r.sampler, SamplerName::EulerA);
+        assert_eq!(r.sampler, SamplerKind::EulerAncestral);
         assert_eq!(r.num_images, 2);
         assert_eq!(r.negative_prompt.as_deref(), Some(""));
         assert_eq!((r.width, r.height, r.seed), (832, 1216, Some(12345)));
         let r = ok(json!({"prompt": "x", "scheduler": "DPM++ 2M Karras"}));
         assert_eq!(
             (r.sampler, r.schedule),
-            (SamplerName::DpmPp2m, ScheduleName::Karras)
+            (SamplerKind::DpmPp2m, SigmaSchedule::Karras)
         );
         let r = ok(json!({"prompt": "x", "scheduler": "K_EULER", "schedule": "Karras"}));
         assert_eq!(
             (r.sampler, r.schedule),
-            (SamplerName::Euler, ScheduleName::Karras)
+            (SamplerKind::Euler, SigmaSchedule::Karras)
         );
         let r = ok(json!({"prompt": "x", "sampler": "DPM++ 2M SDE Exponential"}));
         assert_eq!(
             (r.sampler, r.schedule),
-            (SamplerName::DpmPp2mSde, ScheduleName::Exponential)
+            (SamplerKind::DpmPp2mSde, SigmaSchedule::Exponential)
         );
         // "Automatic" keeps the sampler's own default; an explicit schedule wins over the
         // one in a combined label.
         let r = ok(json!({"prompt": "x", "sampler_name": "DPM++ SDE", "schedule": "Automatic"}));
-        assert_eq!(r.schedule, ScheduleName::Karras);
+        assert_eq!(r.schedule, SigmaSchedule::Karras);
         let r =
             ok(json!({"prompt": "x", "scheduler": "DPM++ 2M Karras", "schedule": "sgm_uniform"}));
-        assert_eq!(r.schedule, ScheduleName::SgmUniform);
+        assert_eq!(r.schedule, SigmaSchedule::SgmUniform);
         let r = ok(json!({"prompt": "x", "scheduler": "euler_ancestral", "schedule": "Beta"}));
         assert_eq!(
             (r.sampler, r.schedule),
-            (SamplerName::EulerA, ScheduleName::Beta)
+            (SamplerKind::EulerAncestral, SigmaSchedule::Beta)
         );
     }
 
@@ -974,7 +901,7 @@ mod tests {
             let r = ok(json!({"prompt": "x", "sampler": "euler", "schedule": label}));
             assert_eq!(
                 r.schedule,
-                schedule.unwrap_or(ScheduleName::Normal),
+                schedule.unwrap_or(SigmaSchedule::Normal),
                 "{label}"
             );
         }

@@ -19,6 +19,7 @@ use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::fetch::error::net_message;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
@@ -668,19 +669,6 @@ async fn checked_client(
         url: redact_url(url),
         reason: net_message(e),
     })
-}
-
-/// Text of a reqwest error and its causes without the URL.
-fn net_message(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 /// Why an address is not public, or `None` for a globally routable one. Covers the IANA
