@@ -10,6 +10,10 @@ use crate::sampling::{SamplerKind, SigmaSchedule};
 /// megabyte of text is a mistake or an attack, not a prompt.
 pub const MAX_PROMPT_CHARS: usize = 20_000;
 
+/// Largest width or height of a result, hires fix included: 2048 × 2048 is 4.2 MP, four
+/// times SDXL's native size, which a 24 GB card still holds.
+pub const MAX_SIDE: u32 = 2048;
+
 /// Canonical field names with their accepted aliases. Anything else is rejected.
 const FIELDS: &[(&str, &[&str])] = &[
     ("prompt", &[]),
@@ -510,9 +514,13 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
     let size = |c: &mut Checker, field: &str| -> Option<u32> {
         let v = c.get(field)?;
         match as_integer(v) {
-            Some(n) if (min..=2048).contains(&n) && n % 8 == 0 => Some(n as u32),
+            Some(n) if (min..=u64::from(MAX_SIDE)).contains(&n) && n % 8 == 0 => Some(n as u32),
             _ => {
-                c.fail(field, v, &format!("a multiple of 8 from {min} to 2048"));
+                c.fail(
+                    field,
+                    v,
+                    &format!("a multiple of 8 from {min} to {MAX_SIDE}"),
+                );
                 None
             }
         }
@@ -633,6 +641,17 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
              or hires fix)"
                 .to_string(),
         );
+    }
+    if let Some(hr) = &hires {
+        // The final image obeys the same per-side limit as a plain request.
+        let (hw, hh) = crate::pipeline::img2img::hires_size(w, h, hr.scale as f32);
+        if hw.max(hh) > MAX_SIDE {
+            c.errors.push(format!(
+                "field `hires_scale`: {} makes a {hw}x{hh} image (allowed: a scale that keeps both \
+                 sides at most {MAX_SIDE})",
+                hr.scale
+            ));
+        }
     }
     let loras = parse_loras(&mut c);
 
@@ -982,6 +1001,13 @@ mod tests {
         assert!(e[0].contains("hires_scale"), "{e:?}");
         let e = errs(json!({"prompt": "x", "hires_scale": 5}));
         assert!(e[0].contains("`hires_scale`"), "{e:?}");
+        let e = errs(json!({"prompt": "x", "width": 1024, "height": 1536, "hires_scale": 1.5}));
+        assert!(e[0].contains("1536x2304"), "{e:?}");
+        assert!(
+            ok(json!({"prompt": "x", "width": 1024, "height": 1360, "hires_scale": 1.5}))
+                .hires
+                .is_some()
+        );
         let e = errs(json!({"prompt": "x", "image": "QUJD", "hires_scale": 2}));
         assert!(e[0].contains("cannot be combined"), "{e:?}");
     }
