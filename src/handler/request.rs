@@ -203,12 +203,17 @@ fn ser_len<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn ser_url<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(redact_query(v))
+    s.serialize_str(&shown_url(v))
 }
 
-/// `url` without its query string and fragment.
-pub fn redact_query(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or(url)
+/// `url` as it may appear in errors and the echoed request: the image fetcher's redaction
+/// (scheme, host, port and path; no user info, query or fragment, which may carry
+/// credentials), or a placeholder for text that is not a URL.
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url.trim()) {
+        Ok(u) => crate::image::input::redact_url(&u),
+        Err(_) => "<not a URL>".to_string(),
+    }
 }
 
 /// img2img settings of a request.
@@ -706,7 +711,7 @@ fn parse_img2img(c: &mut Checker) -> Option<Img2ImgInput> {
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
                 c.errors.push(format!(
                     "field `image_url`: {:?} is not allowed (allowed: an http:// or https:// URL)",
-                    redact_query(&url)
+                    shown_url(&url)
                 ));
                 return None;
             }
@@ -968,12 +973,18 @@ mod tests {
         let i = r.img2img.expect("img2img");
         assert_eq!(i.strength, 0.4);
         assert_eq!(i.source, ImageSource::Inline("iVBORw0KGgo=".into()));
-        let r = ok(json!({"prompt": "x", "image_url": "https://example.com/a.png?token=s3cr3t"}));
+        let r = ok(
+            json!({"prompt": "x", "image_url": "https://me:pw0rd@example.com/a.png?token=s3cr3t#f"}),
+        );
         let i = r.img2img.expect("img2img");
         assert_eq!(i.strength, DEFAULT_STRENGTH);
-        // The echoed request never carries the image bytes or the URL's query.
+        // The echoed request never carries the image bytes, nor the URL's user info or query.
         let echoed = serde_json::to_string(&i).unwrap();
-        assert!(!echoed.contains("s3cr3t"), "{echoed}");
+        assert!(
+            !echoed.contains("s3cr3t") && !echoed.contains("pw0rd"),
+            "{echoed}"
+        );
+        assert!(echoed.contains("https://example.com/a.png"), "{echoed}");
         let inline = serde_json::to_string(&ImageSource::Inline("QUJD".into())).unwrap();
         assert!(!inline.contains("QUJD"), "{inline}");
 
@@ -993,6 +1004,11 @@ mod tests {
         let e = errs(json!({"prompt": "x", "image_url": "file:///etc/passwd?x=secret"}));
         assert!(
             e[0].contains("http://") && !e[0].contains("secret"),
+            "{e:?}"
+        );
+        let e = errs(json!({"prompt": "x", "image_url": "ftp://u:secret@host/a.png"}));
+        assert!(
+            e[0].contains("ftp://host/a.png") && !e[0].contains("secret"),
             "{e:?}"
         );
         let e = errs(json!({"prompt": "x", "strength": 0.5}));
