@@ -145,31 +145,17 @@ fn input_of_another_size_is_fitted_and_batches_use_seed_plus_i() {
 
 /// One diffusers img2img case: clean latents, final latents, decoded floats and PNG.
 fn reference_case(id: &str) {
-    let c = samplers_manifest()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in the reference-samplers manifest"));
+    let c = samplers_case(id);
     assert_eq!(c["pipeline"], "img2img");
     let dir = refs().join(c["dir"].as_str().unwrap());
     let w = &c["worker"];
     let input = image::open(dir.join("input.png")).unwrap().to_rgb8();
     let req = GenerateRequest {
-        prompt: c["prompt"].as_str().unwrap().into(),
-        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
-        width: c["width"].as_u64().unwrap() as u32,
-        height: c["height"].as_u64().unwrap() as u32,
-        steps: c["steps"].as_u64().unwrap() as u32,
-        guidance: c["guidance_scale"].as_f64().unwrap() as f32,
-        sampler: SamplerKind::parse(w["sampler"].as_str().unwrap()).unwrap(),
-        schedule: SigmaSchedule::parse(w["schedule"].as_str().unwrap()).unwrap(),
-        seed: c["seed"].as_u64().unwrap(),
         init_image: Some(InitImage {
             image: input.clone(),
             strength: w["strength"].as_f64().unwrap() as f32,
         }),
-        ..GenerateRequest::default()
+        ..samplers_request(c)
     };
     let p = pipeline();
     let clean = p

@@ -17,40 +17,18 @@ mod parity_support;
 use candle_core::Tensor;
 use parity_support::{
     check_image, fixtures, npy, pipeline, rel_err, samplers_case as case,
-    samplers_manifest as manifest, LATENT_TOL,
+    samplers_manifest as manifest, samplers_request, LATENT_TOL,
 };
 use sdxl_worker::pipeline::txt2img::DenoiseFrom;
 use sdxl_worker::pipeline::{GenerateRequest, Timings};
-use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
-
-fn request(c: &serde_json::Value) -> GenerateRequest {
-    let w = &c["worker"];
-    GenerateRequest {
-        prompt: c["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
-        width: c["width"].as_u64().unwrap() as u32,
-        height: c["height"].as_u64().unwrap() as u32,
-        steps: c["steps"].as_u64().unwrap() as u32,
-        guidance: c["guidance_scale"].as_f64().unwrap() as f32,
-        sampler: SamplerKind::parse(w["sampler"].as_str().unwrap()).unwrap(),
-        schedule: SigmaSchedule::parse(w["schedule"].as_str().unwrap_or("default")).unwrap(),
-        seed: c["seed"].as_u64().unwrap(),
-        num_images: 1,
-        sde_noise: match w["sde_noise"].as_str() {
-            Some("gaussian") => SdeNoise::Gaussian,
-            _ => SdeNoise::Brownian,
-        },
-        guidance_rescale: w["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
-        ..GenerateRequest::default()
-    }
-}
+use sdxl_worker::sampling::SamplerKind;
 
 fn run_case(id: &str) {
     let c = case(id);
     let dir = fixtures()
         .join("reference-samplers")
         .join(c["dir"].as_str().unwrap());
-    let req = request(c);
+    let req = samplers_request(c);
     let p = pipeline();
     let mut steps_seen = (0, 0);
     let out = p
@@ -86,7 +64,7 @@ fn run_img2img(id: &str) {
     let dir = fixtures()
         .join("reference-samplers")
         .join(c["dir"].as_str().unwrap());
-    let req = request(c);
+    let req = samplers_request(c);
     let strength = c["strength"].as_f64().unwrap() as f32;
     let (shape, data) = npy(&dir.join("image_latents.npy"));
     let latents = Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap();
@@ -194,7 +172,7 @@ fn img2img_strength_edges_and_request_errors() {
     let dir = fixtures()
         .join("reference-samplers")
         .join(c["dir"].as_str().unwrap());
-    let mut req = request(c);
+    let mut req = samplers_request(c);
     req.steps = 2;
     let (shape, data) = npy(&dir.join("image_latents.npy"));
     let latents = Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap();
@@ -264,7 +242,7 @@ fn img2img_strength_edges_and_request_errors() {
 #[test]
 fn variation_seed_blends_initial_noise() {
     use sdxl_worker::pipeline::Variation;
-    let mut req = request(case("euler_trailing_s100_n8"));
+    let mut req = samplers_request(case("euler_trailing_s100_n8"));
     req.steps = 2;
     let p = pipeline();
     let cond = p.encode(&req).unwrap();
@@ -331,7 +309,7 @@ fn variation_seed_blends_initial_noise() {
 /// step: cancelling after the first step's progress stops before the third call.
 #[test]
 fn cancellation_between_calls_of_a_two_call_step() {
-    let mut req = request(case("heun_leading_s110_n8"));
+    let mut req = samplers_request(case("heun_leading_s110_n8"));
     req.steps = 4;
     let p = pipeline();
     let cond = p.encode(&req).unwrap();

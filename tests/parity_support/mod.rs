@@ -5,7 +5,7 @@
 use sdxl_worker::pipeline::{
     Conditioning, GenerateOutput, GenerateRequest, PipelineConfig, SdxlPipeline,
 };
-use sdxl_worker::sampling::SamplerKind;
+use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -217,5 +217,29 @@ pub fn check_output(id: &str, dir: &Path, out: &GenerateOutput, num_images: usiz
             format!("image_{i}.png")
         };
         check_image(id, img, &dir.join(name));
+    }
+}
+
+/// The worker request of a `reference-samplers` case (its `worker` field names the sampler,
+/// schedule and options as our API spells them).
+pub fn samplers_request(c: &serde_json::Value) -> GenerateRequest {
+    let w = &c["worker"];
+    GenerateRequest {
+        prompt: c["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
+        width: c["width"].as_u64().unwrap() as u32,
+        height: c["height"].as_u64().unwrap() as u32,
+        steps: c["steps"].as_u64().unwrap() as u32,
+        guidance: c["guidance_scale"].as_f64().unwrap() as f32,
+        sampler: SamplerKind::parse(w["sampler"].as_str().unwrap()).unwrap(),
+        schedule: SigmaSchedule::parse(w["schedule"].as_str().unwrap_or("default")).unwrap(),
+        seed: c["seed"].as_u64().unwrap(),
+        num_images: 1,
+        sde_noise: match w["sde_noise"].as_str() {
+            Some("gaussian") => SdeNoise::Gaussian,
+            _ => SdeNoise::Brownian,
+        },
+        guidance_rescale: w["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
+        ..GenerateRequest::default()
     }
 }
