@@ -15,17 +15,15 @@ fn sample(w: u32, h: u32) -> RgbImage {
     })
 }
 
+/// `img` as a PNG or (lossless) WebP file.
+fn encoded(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
+    encoded(img, image::ImageFormat::Png)
 }
 
 fn jpeg_bytes(img: &RgbImage, exif: Option<Vec<u8>>) -> Vec<u8> {
@@ -45,16 +43,7 @@ fn jpeg_bytes(img: &RgbImage, exif: Option<Vec<u8>>) -> Vec<u8> {
 }
 
 fn webp_bytes(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
+    encoded(img, image::ImageFormat::WebP)
 }
 
 fn opts() -> ImageFetchOptions {
