@@ -10,9 +10,10 @@ use crate::sampling::{SamplerKind, SigmaSchedule};
 /// megabyte of text is a mistake or an attack, not a prompt.
 pub const MAX_PROMPT_CHARS: usize = 20_000;
 
-/// Largest width or height of a result, hires fix included: 2048 × 2048 is 4.2 MP, four
-/// times SDXL's native size, which a 24 GB card still holds.
-pub const MAX_SIDE: u32 = 2048;
+/// Largest width or height a job may ask for, hires fix included: 2048 × 2048 is 4.2 MP,
+/// four times SDXL's native size, which a 24 GB card still holds. The engine's own bound
+/// (`pipeline::txt2img::MAX_SIDE`) is wider, for direct library use.
+pub const MAX_REQUEST_SIDE: u32 = 2048;
 
 /// Canonical field names with their accepted aliases. Anything else is rejected.
 const FIELDS: &[(&str, &[&str])] = &[
@@ -519,12 +520,14 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
     let size = |c: &mut Checker, field: &str| -> Option<u32> {
         let v = c.get(field)?;
         match as_integer(v) {
-            Some(n) if (min..=u64::from(MAX_SIDE)).contains(&n) && n % 8 == 0 => Some(n as u32),
+            Some(n) if (min..=u64::from(MAX_REQUEST_SIDE)).contains(&n) && n % 8 == 0 => {
+                Some(n as u32)
+            }
             _ => {
                 c.fail(
                     field,
                     v,
-                    &format!("a multiple of 8 from {min} to {MAX_SIDE}"),
+                    &format!("a multiple of 8 from {min} to {MAX_REQUEST_SIDE}"),
                 );
                 None
             }
@@ -650,10 +653,10 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
     if let Some(hr) = &hires {
         // The final image obeys the same per-side limit as a plain request.
         let (hw, hh) = crate::pipeline::img2img::hires_size(w, h, hr.scale as f32);
-        if hw.max(hh) > MAX_SIDE {
+        if hw.max(hh) > MAX_REQUEST_SIDE {
             c.errors.push(format!(
                 "field `hires_scale`: {} makes a {hw}x{hh} image (allowed: a scale that keeps both \
-                 sides at most {MAX_SIDE})",
+                 sides at most {MAX_REQUEST_SIDE})",
                 hr.scale
             ));
         }
