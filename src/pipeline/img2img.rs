@@ -365,9 +365,8 @@ impl SdxlPipeline {
         };
         // The second pass conditions on the new size (A1111 re-encodes its hires prompts with
         // the upscaled width/height); the text embeddings themselves do not change.
-        let (hf, wf) = (h2 as f32, w2 as f32);
         let second_cond = super::txt2img::Conditioning {
-            time_ids: Tensor::new(&[[hf, wf, 0.0, 0.0, hf, wf]], self.device())?,
+            time_ids: self.time_ids(w2, h2)?,
             ..cond.clone()
         };
         let second_req = GenerateRequest {

@@ -772,8 +772,7 @@ impl SdxlPipeline {
                 }
             }
         };
-        let (h, w) = (req.height as f32, req.width as f32);
-        let time_ids = Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?;
+        let time_ids = self.time_ids(req.width, req.height)?;
         Ok(Conditioning {
             prompt_embeds,
             pooled,
@@ -781,6 +780,12 @@ impl SdxlPipeline {
             negative_pooled,
             time_ids,
         })
+    }
+
+    /// SDXL's size conditioning `[1, 6]`: original (h, w), crop (0, 0), target (h, w).
+    pub(super) fn time_ids(&self, width: u32, height: u32) -> Result<Tensor, PipelineError> {
+        let (h, w) = (height as f32, width as f32);
+        Ok(Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?)
     }
 
     /// Merges the request's LoRA set (its `loras` list and the prompt's `<lora:…>` tags)
