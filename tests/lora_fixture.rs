@@ -149,24 +149,20 @@ fn te2_modules_hit_the_rows_of_the_fused_in_proj() {
         assert_eq!(p.target.key, key);
         assert_eq!(p.target.rows, Some((i * 128, 128)));
     }
-    let out = l
-        .patches
-        .iter()
-        .find(|p| p.module == "lora_te2_text_model_encoder_layers_0_self_attn_out_proj")
-        .unwrap();
-    assert_eq!(
-        out.target.key,
-        "conditioner.embedders.1.model.transformer.resblocks.0.attn.out_proj.weight"
-    );
-    let fc1 = l
-        .patches
-        .iter()
-        .find(|p| p.module == "lora_te2_text_model_encoder_layers_0_mlp_fc1")
-        .unwrap();
-    assert_eq!(
-        fc1.target.key,
-        "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight"
-    );
+    // Unfused modules: Hugging Face name → OpenCLIP key.
+    for (module, key) in [
+        (
+            "lora_te2_text_model_encoder_layers_0_self_attn_out_proj",
+            "conditioner.embedders.1.model.transformer.resblocks.0.attn.out_proj.weight",
+        ),
+        (
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+            "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight",
+        ),
+    ] {
+        let p = l.patches.iter().find(|p| p.module == module).unwrap();
+        assert_eq!(p.target.key, key, "{module}");
+    }
 }
 
 /// Reads a LoRA tensor of the fixture file as f64 through an independent path (raw bytes).
@@ -465,8 +461,15 @@ fn runtime_prepares_request_and_prompt_tags() {
     let lib = library(&ckpt);
     let mut rt = LoraRuntime::new(lib, ckpt.var_builder(DType::F32, &Device::Cpu));
     let key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
-    let vb = rt.var_builder(DType::F32, &Device::Cpu);
-    let original = f32s(&vb.get((64, 64), key).unwrap());
+    // What a model built from the runtime now would get for `key`.
+    let served = |rt: &LoraRuntime| {
+        f32s(
+            &rt.var_builder(DType::F32, &Device::Cpu)
+                .get((64, 64), key)
+                .unwrap(),
+        )
+    };
+    let original = served(&rt);
 
     let p = rt
         .prepare(
@@ -483,11 +486,7 @@ fn runtime_prepares_request_and_prompt_tags() {
         ]
     );
     assert!(p.changed);
-    let merged = f32s(
-        &rt.var_builder(DType::F32, &Device::Cpu)
-            .get((64, 64), key)
-            .unwrap(),
-    );
+    let merged = served(&rt);
     assert_ne!(merged, original);
 
     // The request list overrides a tag of the same LoRA.
@@ -510,10 +509,6 @@ fn runtime_prepares_request_and_prompt_tags() {
 
     let p = rt.prepare(&[], "plain").unwrap();
     assert!(p.changed);
-    let back = f32s(
-        &rt.var_builder(DType::F32, &Device::Cpu)
-            .get((64, 64), key)
-            .unwrap(),
-    );
+    let back = served(&rt);
     assert_eq!(back, original);
 }

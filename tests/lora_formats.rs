@@ -53,6 +53,26 @@ fn t(name: &str, shape: &[usize], v: Vec<f32>) -> (String, Vec<usize>, Vec<f32>)
     (name.to_string(), shape.to_vec(), v)
 }
 
+/// A kohya module `m`: `{m}.lora_up.weight` and `{m}.lora_down.weight` as `(shape, values)`.
+fn kohya(m: &str, up: (&[usize], Vec<f32>), down: (&[usize], Vec<f32>)) -> Tensors {
+    vec![
+        t(&format!("{m}.lora_up.weight"), up.0, up.1),
+        t(&format!("{m}.lora_down.weight"), down.0, down.1),
+    ]
+}
+
+/// The kohya name of the fixture's `proj_in` (`[2, 3]`).
+const PROJ_IN_MODULE: &str = "lora_unet_input_blocks_4_1_proj_in";
+
+/// A rank-1 LoRA of ones on the fixture's `proj_in`: fits this SDXL checkpoint.
+fn proj_in_ones() -> Tensors {
+    kohya(
+        PROJ_IN_MODULE,
+        (&[2, 1], vec![1.0; 2]),
+        (&[1, 3], vec![1.0; 3]),
+    )
+}
+
 /// Deterministic small values.
 fn seq(n: usize, seed: f32) -> Vec<f32> {
     (0..n)
@@ -117,6 +137,11 @@ impl Fixture {
     ) -> Result<LoraLibrary, LoraError> {
         let path = self.dir.join(format!("{name}.safetensors"));
         write(&path, tensors, dtype, meta);
+        self.load(name, path)
+    }
+
+    /// Loads the file at `path` as the only LoRA, named `name`, with default weight 1.
+    fn load(&self, name: &str, path: PathBuf) -> Result<LoraLibrary, LoraError> {
         LoraLibrary::load(
             &[LoraEntry {
                 name: name.into(),
@@ -324,7 +349,8 @@ fn loha_tucker_conv_matches_explicit_sum() {
     close(&f.apply(&lib, 1.0, &key), &add(&f.base[&key], &delta, 1.0));
 }
 
-/// DoRA on W = [[3,4],[0,5]] with ΔW = up·down = [[1,0],[0,1]]·… (formats.md §3.3).
+/// DoRA on W = [[3,4],[0,5]] with ΔW = up·down = [[1,0],[0,1]]·…, both the output-row and the
+/// input-column norm (docs/formats.md, *DoRA*).
 #[test]
 fn dora_output_and_input_axis_hand_computed() {
     let f = fixture();
@@ -336,18 +362,21 @@ fn dora_output_and_input_axis_hand_computed() {
     // alpha 1, rank 2 → ΔW' = 0.5 ΔW = [[0.5,1],[0,-0.5]]; W_c = [[3.5,5],[0,4.5]].
     let wc = [3.5f32, 5.0, 0.0, 4.5];
     let eps = f32::EPSILON;
+    // The same LoRA (alpha 1) with a `dora_scale` of the given shape.
+    let dora = |name: &str, shape: &[usize], scale: Vec<f32>| {
+        let extra = vec![
+            t(&format!("{m}.alpha"), &[], vec![1.0]),
+            t(&format!("{m}.dora_scale"), shape, scale),
+        ];
+        let tensors = [
+            kohya(m, (&[2, 2], up.clone()), (&[2, 2], down.clone())),
+            extra,
+        ]
+        .concat();
+        f.lora(name, &tensors).unwrap()
+    };
     // Output axis (dora_scale [2,1]): norms of the ORIGINAL rows: 5 and 5.
-    let lib = f
-        .lora(
-            "dora_out",
-            &vec![
-                t(&format!("{m}.lora_up.weight"), &[2, 2], up.clone()),
-                t(&format!("{m}.lora_down.weight"), &[2, 2], down.clone()),
-                t(&format!("{m}.alpha"), &[], vec![1.0]),
-                t(&format!("{m}.dora_scale"), &[2, 1], vec![2.0, 10.0]),
-            ],
-        )
-        .unwrap();
+    let lib = dora("dora_out", &[2, 1], vec![2.0, 10.0]);
     let scaled: Vec<f32> = (0..4)
         .map(|i| wc[i] * [2.0, 10.0][i / 2] / (5.0 + eps))
         .collect();
@@ -356,17 +385,7 @@ fn dora_output_and_input_axis_hand_computed() {
     let half: Vec<f32> = (0..4).map(|i| w[i] + 0.5 * (scaled[i] - w[i])).collect();
     close(&f.apply(&lib, 0.5, &key), &half);
     // Input axis (dora_scale [1,2]): norms of W_c's columns: sqrt(3.5²) and sqrt(5²+4.5²).
-    let lib = f
-        .lora(
-            "dora_in",
-            &vec![
-                t(&format!("{m}.lora_up.weight"), &[2, 2], up),
-                t(&format!("{m}.lora_down.weight"), &[2, 2], down),
-                t(&format!("{m}.alpha"), &[], vec![1.0]),
-                t(&format!("{m}.dora_scale"), &[1, 2], vec![1.0, 3.0]),
-            ],
-        )
-        .unwrap();
+    let lib = dora("dora_in", &[1, 2], vec![1.0, 3.0]);
     let cols = [3.5f32, (25.0f32 + 20.25).sqrt()];
     let scaled: Vec<f32> = (0..4)
         .map(|i| wc[i] * [1.0, 3.0][i % 2] / (cols[i % 2] + eps))
@@ -460,19 +479,15 @@ fn diff_and_diff_b() {
 #[test]
 fn fp16_lora_values_are_used_exactly() {
     let f = fixture();
-    let m = "lora_unet_input_blocks_4_1_proj_in";
     // 0.1 is not representable: the fp16 value is 0.0999755859375.
     let lib = f
         .lora_meta(
             "f16",
-            &vec![
-                t(&format!("{m}.lora_up.weight"), &[2, 1], vec![0.1, 1.0]),
-                t(
-                    &format!("{m}.lora_down.weight"),
-                    &[1, 3],
-                    vec![1.0, 0.0, 0.0],
-                ),
-            ],
+            &kohya(
+                PROJ_IN_MODULE,
+                (&[2, 1], vec![0.1, 1.0]),
+                (&[1, 3], vec![1.0, 0.0, 0.0]),
+            ),
             StDtype::F16,
             &[],
         )
@@ -487,37 +502,25 @@ fn fp16_lora_values_are_used_exactly() {
 #[test]
 fn unknown_keys_are_counted() {
     let f = fixture();
-    let m = "lora_unet_input_blocks_4_1_proj_in";
-    let lib = f
-        .lora(
-            "partial",
-            &vec![
-                t(&format!("{m}.lora_up.weight"), &[2, 1], vec![1.0, 1.0]),
-                t(
-                    &format!("{m}.lora_down.weight"),
-                    &[1, 3],
-                    vec![1.0, 1.0, 1.0],
-                ),
-                t(
-                    "lora_unet_input_blocks_9_1_proj_in.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0, 1.0],
-                ),
-                t(
-                    "lora_unet_input_blocks_9_1_proj_in.lora_down.weight",
-                    &[1, 3],
-                    vec![1.0; 3],
-                ),
-                t("lora_unet_label_emb_0_0.diff", &[2], vec![1.0; 2]),
-                t(
-                    "lora_te1_text_model_encoder_layers_7_mlp_fc1.diff",
-                    &[2],
-                    vec![1.0; 2],
-                ),
-                t(&format!("{m}.something_new"), &[1], vec![1.0]),
-            ],
-        )
-        .unwrap();
+    let tensors = [
+        proj_in_ones(),
+        kohya(
+            "lora_unet_input_blocks_9_1_proj_in",
+            (&[2, 1], vec![1.0; 2]),
+            (&[1, 3], vec![1.0; 3]),
+        ),
+        vec![
+            t("lora_unet_label_emb_0_0.diff", &[2], vec![1.0; 2]),
+            t(
+                "lora_te1_text_model_encoder_layers_7_mlp_fc1.diff",
+                &[2],
+                vec![1.0; 2],
+            ),
+            t(&format!("{PROJ_IN_MODULE}.something_new"), &[1], vec![1.0]),
+        ],
+    ]
+    .concat();
+    let lib = f.lora("partial", &tensors).unwrap();
     let s = &lib.loras()[0].stats;
     assert_eq!(
         (s.modules, s.matched, s.unmatched, s.unknown_tensors),
@@ -532,132 +535,73 @@ fn unknown_keys_are_counted() {
 #[test]
 fn loras_for_other_architectures_are_refused() {
     let f = fixture();
-    // SD 1.5: one text encoder (`lora_te_`).
-    let e = f
-        .lora(
+    let ones = |n: usize| vec![1.0; n];
+    // (file name, tensors, metadata, what the error must mention)
+    let cases: Vec<(&str, Tensors, &[(&str, &str)], &str)> = vec![
+        // SD 1.5: one text encoder (`lora_te_`).
+        (
             "sd15_te",
-            &vec![
-                t(
-                    "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0; 2],
+            [
+                kohya(
+                    "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+                    (&[2, 1], ones(2)),
+                    (&[1, 2], ones(2)),
                 ),
-                t(
-                    "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
-                    &[1, 2],
-                    vec![1.0; 2],
-                ),
-                t(
-                    "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0; 2],
-                ),
-                t(
-                    "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                    &[1, 3],
-                    vec![1.0; 3],
-                ),
-            ],
-        )
-        .unwrap_err();
-    assert!(matches!(e, LoraError::WrongArchitecture { .. }), "{e}");
-    assert!(e.to_string().contains("lora_te_"), "{e}");
-    // SD 1.5 UNet names that exist in SDXL's diffusers naming, with other widths (768-wide
-    // cross-attention context against this checkpoint's).
-    let e = f
-        .lora(
+                proj_in_ones(),
+            ]
+            .concat(),
+            &[],
+            "lora_te_",
+        ),
+        // SD 1.5 UNet names that exist in SDXL's diffusers naming, with other widths (768-wide
+        // cross-attention context against this checkpoint's).
+        (
             "sd15_unet",
-            &vec![
-                t(
-                    "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0; 2],
-                ),
-                t(
-                    "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight",
-                    &[1, 768],
-                    vec![0.0; 768],
-                ),
-            ],
-        )
-        .unwrap_err();
-    assert!(matches!(e, LoraError::WrongArchitecture { .. }), "{e}");
-    assert!(e.to_string().contains("shapes"), "{e}");
-    // Metadata that names SD 1.5.
-    let e = f
-        .lora_meta(
+            kohya(
+                "lora_unet_down_blocks_1_attentions_0_proj_in",
+                (&[2, 1], ones(2)),
+                (&[1, 768], vec![0.0; 768]),
+            ),
+            &[],
+            "shapes",
+        ),
+        // Metadata that names SD 1.5.
+        (
             "sd15_meta",
-            &vec![
-                t(
-                    "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0; 2],
-                ),
-                t(
-                    "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                    &[1, 3],
-                    vec![1.0; 3],
-                ),
-            ],
-            StDtype::F32,
+            proj_in_ones(),
             &[("ss_base_model_version", "sd_v1")],
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("sd_v1"), "{e}");
-    // Nothing matches (e.g. a Flux LoRA).
-    let e = f
-        .lora(
+            "sd_v1",
+        ),
+        // Nothing matches (e.g. a Flux LoRA).
+        (
             "flux",
-            &vec![
-                t(
-                    "lora_transformer_single_blocks_0_attn_to_q.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0; 2],
-                ),
-                t(
-                    "lora_transformer_single_blocks_0_attn_to_q.lora_down.weight",
-                    &[1, 2],
-                    vec![1.0; 2],
-                ),
-            ],
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("none of its 1 modules"), "{e}");
-    let e = f
-        .lora_meta(
+            kohya(
+                "lora_transformer_single_blocks_0_attn_to_q",
+                (&[2, 1], ones(2)),
+                (&[1, 2], ones(2)),
+            ),
+            &[],
+            "none of its 1 modules",
+        ),
+        (
             "flux_meta",
-            &vec![
-                t(
-                    "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
-                    &[2, 1],
-                    vec![1.0; 2],
-                ),
-                t(
-                    "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                    &[1, 3],
-                    vec![1.0; 3],
-                ),
-            ],
-            StDtype::F32,
+            proj_in_ones(),
             &[("modelspec.architecture", "flux-1-dev/lora")],
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("flux-1-dev"), "{e}");
+            "flux-1-dev",
+        ),
+    ];
+    for (name, tensors, meta, says) in cases {
+        let e = f.lora_meta(name, &tensors, StDtype::F32, meta).unwrap_err();
+        assert!(
+            matches!(e, LoraError::WrongArchitecture { .. }),
+            "{name}: {e}"
+        );
+        assert!(e.to_string().contains(says), "{name}: {e}");
+    }
     // An SDXL LoRA with model-spec metadata loads.
     f.lora_meta(
         "sdxl_meta",
-        &vec![
-            t(
-                "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
-                &[2, 1],
-                vec![1.0; 2],
-            ),
-            t(
-                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                &[1, 3],
-                vec![1.0; 3],
-            ),
-        ],
+        &proj_in_ones(),
         StDtype::F32,
         &[("modelspec.architecture", "stable-diffusion-xl-v1-base/lora")],
     )
@@ -671,7 +615,7 @@ fn malformed_modules_and_files_are_clear_errors() {
         .lora(
             "half",
             &vec![t(
-                "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
+                &format!("{PROJ_IN_MODULE}.lora_up.weight"),
                 &[2, 1],
                 vec![1.0; 2],
             )],
@@ -680,14 +624,6 @@ fn malformed_modules_and_files_are_clear_errors() {
     assert!(e.to_string().contains("no `down`"), "{e}");
     let bad = f.dir.join("bad.safetensors");
     std::fs::write(&bad, b"PK\x03\x04 this is a zip").unwrap();
-    let e = LoraLibrary::load(
-        &[LoraEntry {
-            name: "bad".into(),
-            path: bad,
-            default_weight: 1.0,
-        }],
-        f.ckpt.shapes(),
-    )
-    .unwrap_err();
+    let e = f.load("bad", bad).unwrap_err();
     assert!(e.to_string().contains("not a safetensors file"), "{e}");
 }

@@ -28,38 +28,38 @@ fn load_encoders(dtype: DType) -> (ClipTextModel, ClipTextModel) {
     )
 }
 
+/// (width, layers, heads, MLP width, vocabulary, positions) of a text encoder.
+fn sizes(c: &ClipTextConfig) -> (usize, usize, usize, usize, usize, usize) {
+    (
+        c.width,
+        c.layers,
+        c.heads,
+        c.mlp_width,
+        c.vocab_size,
+        c.max_positions,
+    )
+}
+
 #[test]
 fn configs_are_read_from_shapes() {
     let shapes = shape_map(&checkpoint());
     let c1 = ClipTextConfig::infer(&shapes, TE1, ClipKind::OpenAiClip).unwrap();
     let c2 = ClipTextConfig::infer(&shapes, &format!("{TE2}."), ClipKind::OpenClip).unwrap();
     // fixtures/README.md, "The model": te1 64 / 2 / 1 / 256, te2 128 / 2 / 2 / 512, proj 96.
-    assert_eq!(
-        (
-            c1.width,
-            c1.layers,
-            c1.heads,
-            c1.mlp_width,
-            c1.vocab_size,
-            c1.max_positions
-        ),
-        (64, 2, 1, 256, 49408, 77)
-    );
+    assert_eq!(sizes(&c1), (64, 2, 1, 256, 49408, 77));
     assert_eq!(c1.activation, ClipActivation::QuickGelu);
     assert_eq!(c1.projection_dim, None);
-    assert_eq!(
-        (
-            c2.width,
-            c2.layers,
-            c2.heads,
-            c2.mlp_width,
-            c2.vocab_size,
-            c2.max_positions
-        ),
-        (128, 2, 2, 512, 49408, 77)
-    );
+    assert_eq!(sizes(&c2), (128, 2, 2, 512, 49408, 77));
     assert_eq!(c2.activation, ClipActivation::GeluErf);
     assert_eq!(c2.projection_dim, Some(96));
+}
+
+/// The prompt's token ids of a reference case, for tokenizer 1 and tokenizer 2.
+fn case_input_ids(dir: &std::path::Path) -> (Tensor, Tensor) {
+    (
+        ids_tensor(&dir.join("input_ids_tokenizer.npy")),
+        ids_tensor(&dir.join("input_ids_tokenizer_2.npy")),
+    )
 }
 
 /// Encodes one prompt's ids the way the SDXL pipeline does.
@@ -110,8 +110,7 @@ fn prompt_embeddings_match_diffusers_for_every_case() {
 fn u32_ids_and_batches_give_the_same_result() {
     let (te1, te2) = load_encoders(DType::F32);
     let dir = cases_dir().join("longprompt_m_euler_a_128x128_nolora_s5_n8");
-    let i1 = ids_tensor(&dir.join("input_ids_tokenizer.npy"));
-    let i2 = ids_tensor(&dir.join("input_ids_tokenizer_2.npy"));
+    let (i1, i2) = case_input_ids(&dir);
     let (e, p) = encode(&te1, &te2, &i1, &i2);
     let (e32, p32) = encode(
         &te1,
@@ -173,8 +172,7 @@ fn layer_selection_differs_and_is_validated() {
 fn half_precision_runs_close_to_f32() {
     let (f1, f2) = load_encoders(DType::F32);
     let dir = cases_dir().join("m_euler_128x128_nolora_s0_n8");
-    let i1 = ids_tensor(&dir.join("input_ids_tokenizer.npy"));
-    let i2 = ids_tensor(&dir.join("input_ids_tokenizer_2.npy"));
+    let (i1, i2) = case_input_ids(&dir);
     let (e, p) = encode(&f1, &f2, &i1, &i2);
     for dtype in [DType::F16, DType::BF16] {
         let (h1, h2) = load_encoders(dtype);
@@ -293,8 +291,7 @@ fn layers_after_the_selected_one_are_not_run() {
     let te1 = ClipTextModel::load(vb.pp(TE1), &c1).unwrap();
     let te2 = ClipTextModel::load(vb.pp(TE2), &c2).unwrap();
     let dir = cases_dir().join("m_euler_128x128_nolora_s0_n8");
-    let i1 = ids_tensor(&dir.join("input_ids_tokenizer.npy"));
-    let i2 = ids_tensor(&dir.join("input_ids_tokenizer_2.npy"));
+    let (i1, i2) = case_input_ids(&dir);
     let h1 = te1
         .forward(&i1, SDXL_LAYERS_FROM_END, false)
         .unwrap()

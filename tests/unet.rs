@@ -181,6 +181,17 @@ fn timestep_sinusoid_is_cos_then_sin_in_f32() {
     );
 }
 
+/// A reference case's text conditioning (`which` = `""` or `"negative_"`): the context
+/// `{which}prompt_embeds` and the UNet's `y`, its pooled embedding followed by the sinusoid
+/// of its time ids.
+fn conditioning(dir: &Path, which: &str) -> (Tensor, Tensor) {
+    let ctx = npy(&dir.join(format!("{which}prompt_embeds.npy")));
+    let pooled = npy(&dir.join(format!("{which}pooled_prompt_embeds.npy")));
+    let ids = npy(&dir.join(format!("{which}add_time_ids.npy")));
+    let y = Tensor::cat(&[pooled, time_ids_embedding(&ids, TIME_ID_DIM).unwrap()], 1).unwrap();
+    (ctx, y)
+}
+
 /// Builds the first UNet call of a reference case and compares the output with diffusers'.
 /// Returns (relative max abs diff, forward time).
 fn check_case(unet: &UNet, dir: &Path) -> (f32, std::time::Duration) {
@@ -188,32 +199,12 @@ fn check_case(unet: &UNet, dir: &Path) -> (f32, std::time::Duration) {
     let timestep = npy(&dir.join("unet_step0_timestep.npy"));
     let expected = npy(&dir.join("unet_step0_output.npy"));
     let batch = sample.dim(0).unwrap();
-    let cond_ctx = npy(&dir.join("prompt_embeds.npy"));
-    let cond_pooled = npy(&dir.join("pooled_prompt_embeds.npy"));
-    let cond_ids = npy(&dir.join("add_time_ids.npy"));
-    let cond_y = Tensor::cat(
-        &[
-            cond_pooled,
-            time_ids_embedding(&cond_ids, TIME_ID_DIM).unwrap(),
-        ],
-        1,
-    )
-    .unwrap();
+    let (cond_ctx, cond_y) = conditioning(dir, "");
     let repeat = |t: &Tensor, n: usize| Tensor::cat(&vec![t; n], 0).unwrap();
     let (context, y) = if dir.join("negative_prompt_embeds.npy").exists() {
         // CFG batch: [uncond × n, cond × n].
         let half = batch / 2;
-        let neg_ctx = npy(&dir.join("negative_prompt_embeds.npy"));
-        let neg_pooled = npy(&dir.join("negative_pooled_prompt_embeds.npy"));
-        let neg_ids = npy(&dir.join("negative_add_time_ids.npy"));
-        let neg_y = Tensor::cat(
-            &[
-                neg_pooled,
-                time_ids_embedding(&neg_ids, TIME_ID_DIM).unwrap(),
-            ],
-            1,
-        )
-        .unwrap();
+        let (neg_ctx, neg_y) = conditioning(dir, "negative_");
         (
             Tensor::cat(&[repeat(&neg_ctx, half), repeat(&cond_ctx, half)], 0).unwrap(),
             Tensor::cat(&[repeat(&neg_y, half), repeat(&cond_y, half)], 0).unwrap(),
@@ -392,7 +383,8 @@ struct UNetSizes {
 }
 
 /// The tensor names and shapes of a UNet in the LDM/sgm single-file layout, written from the
-/// layout description (fixtures README, formats.md §1.3), independently of the inference code.
+/// layout description (fixtures README; docs/formats.md, *UNet names: single-file and
+/// diffusers*), independently of the inference code.
 fn ldm_unet_shapes(z: &UNetSizes) -> ShapeMap {
     let mut s = ShapeMap::new();
     let mc = z.model_channels;
@@ -516,15 +508,14 @@ const SDXL_BASE: UNetSizes = UNetSizes {
 
 #[test]
 fn layout_generator_reproduces_the_fixture_unet() {
+    // SDXL base's topology at mini-m's widths and depths.
     let mini = ldm_unet_shapes(&UNetSizes {
-        in_channels: 4,
         model_channels: 32,
-        mult: &[1, 2, 4],
-        num_res_blocks: 2,
         depth: &[0, 1, 1],
         middle_depth: 1,
         context_dim: 192,
         adm_in_channels: 1632,
+        ..SDXL_BASE
     });
     let mut fixture = shapes();
     fixture.retain(|k, _| k.starts_with(PREFIX));

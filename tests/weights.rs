@@ -2,7 +2,9 @@
 //! synthetic copies of it written to a temporary directory.
 
 use sdxl_worker::weights::layout::{sdxl_layout, write_safetensors, Entry, SdxlDims};
-use sdxl_worker::weights::{detect, Checkpoint, Family, Prediction, StDtype, WeightsError};
+use sdxl_worker::weights::{
+    detect, Architecture, Checkpoint, Family, Prediction, StDtype, WeightsError,
+};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
@@ -31,6 +33,31 @@ fn rewrite(dst: &Path, edit: impl FnOnce(&mut Vec<Entry>)) {
         }
     })
     .unwrap();
+}
+
+/// Turns the fixture into an SDXL inpainting checkpoint: 9 UNet input channels.
+fn as_inpaint(entries: &mut Vec<Entry>) {
+    for e in entries.iter_mut() {
+        if e.name == "model.diffusion_model.input_blocks.0.0.weight" {
+            e.shape = vec![32, 9, 3, 3];
+        }
+    }
+}
+
+/// Turns the fixture into a refiner-like checkpoint: OpenCLIP alone, as `embedders.0`.
+fn as_refiner(entries: &mut Vec<Entry>) {
+    entries.retain(|e| !e.name.starts_with("conditioner.embedders.0."));
+    for e in entries.iter_mut() {
+        if let Some(rest) = e.name.strip_prefix("conditioner.embedders.1.") {
+            e.name = format!("conditioner.embedders.0.{rest}");
+        }
+    }
+}
+
+/// The architecture `detect` finds in the file at `p`.
+fn detected(p: &Path) -> Architecture {
+    let c = Checkpoint::open(p).unwrap();
+    detect(c.path(), c.shapes()).unwrap()
 }
 
 #[test]
@@ -197,120 +224,84 @@ fn refusal(p: &Path) -> String {
 #[test]
 fn other_architectures_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let sd15 = synthetic(
-        dir.path(),
-        "sd15.safetensors",
-        &[
-            (
-                "model.diffusion_model.input_blocks.0.0.weight",
-                &[320, 4, 3, 3],
-            ),
-            (
-                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-                &[320, 768],
-            ),
-            (
-                "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
-                &[49408, 8],
-            ),
-            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
-        ],
-    );
-    let msg = refusal(&sd15);
-    assert!(
-        msg.contains("Stable Diffusion 1.x") && msg.contains("sd15.safetensors"),
-        "{msg}"
-    );
-
-    let sd2 = synthetic(
-        dir.path(),
-        "sd2.safetensors",
-        &[
-            (
-                "model.diffusion_model.input_blocks.0.0.weight",
-                &[320, 4, 3, 3],
-            ),
-            (
-                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-                &[320, 1024],
-            ),
-            ("cond_stage_model.model.positional_embedding", &[77, 1024]),
-        ],
-    );
-    assert!(refusal(&sd2).contains("Stable Diffusion 2.x"));
-
-    let flux = synthetic(
-        dir.path(),
-        "flux.safetensors",
-        &[
-            (
-                "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
-                &[96, 32],
-            ),
-            (
-                "model.diffusion_model.single_blocks.0.linear1.weight",
-                &[96, 32],
-            ),
-            ("model.diffusion_model.img_in.weight", &[32, 64]),
-        ],
-    );
-    assert!(refusal(&flux).contains("a Flux model"));
-
-    let lora = synthetic(
-        dir.path(),
-        "lora.safetensors",
-        &[(
-            "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-            &[4, 64],
-        )],
-    );
-    assert!(refusal(&lora).contains("LoRA"));
-
-    let vae = synthetic(
-        dir.path(),
-        "vae.safetensors",
-        &[
-            ("encoder.conv_in.weight", &[32, 3, 3, 3]),
-            ("decoder.conv_in.weight", &[64, 4, 3, 3]),
-        ],
-    );
-    assert!(refusal(&vae).contains("standalone VAE"));
-
-    let unknown = synthetic(dir.path(), "x.safetensors", &[("foo.bar", &[3])]);
-    assert!(refusal(&unknown).contains("not a recognised"));
+    const UNET_IN: &str = "model.diffusion_model.input_blocks.0.0.weight";
+    const LEVEL0_TO_K: &str =
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
+    // (file name, tensors, what the refusal must say)
+    let cases: [(&str, &[(&str, &[usize])], &[&str]); 6] = [
+        (
+            "sd15.safetensors",
+            &[
+                (UNET_IN, &[320, 4, 3, 3]),
+                (LEVEL0_TO_K, &[320, 768]),
+                (
+                    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+                    &[49408, 8],
+                ),
+                ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+            ],
+            &["Stable Diffusion 1.x", "sd15.safetensors"],
+        ),
+        (
+            "sd2.safetensors",
+            &[
+                (UNET_IN, &[320, 4, 3, 3]),
+                (LEVEL0_TO_K, &[320, 1024]),
+                ("cond_stage_model.model.positional_embedding", &[77, 1024]),
+            ],
+            &["Stable Diffusion 2.x"],
+        ),
+        (
+            "flux.safetensors",
+            &[
+                (
+                    "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+                    &[96, 32],
+                ),
+                (
+                    "model.diffusion_model.single_blocks.0.linear1.weight",
+                    &[96, 32],
+                ),
+                ("model.diffusion_model.img_in.weight", &[32, 64]),
+            ],
+            &["a Flux model"],
+        ),
+        (
+            "lora.safetensors",
+            &[(
+                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
+                &[4, 64],
+            )],
+            &["LoRA"],
+        ),
+        (
+            "vae.safetensors",
+            &[
+                ("encoder.conv_in.weight", &[32, 3, 3, 3]),
+                ("decoder.conv_in.weight", &[64, 4, 3, 3]),
+            ],
+            &["standalone VAE"],
+        ),
+        ("x.safetensors", &[("foo.bar", &[3])], &["not a recognised"]),
+    ];
+    for (name, tensors, says) in cases {
+        let msg = refusal(&synthetic(dir.path(), name, tensors));
+        for s in says {
+            assert!(msg.contains(s), "{name}: {msg}");
+        }
+    }
 }
 
 #[test]
 fn refiner_and_inpaint_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let inpaint = dir.path().join("inpaint.safetensors");
-    rewrite(&inpaint, |entries| {
-        for e in entries.iter_mut() {
-            if e.name == "model.diffusion_model.input_blocks.0.0.weight" {
-                e.shape = vec![32, 9, 3, 3];
-            }
-        }
-    });
-    let c = Checkpoint::open(&inpaint).unwrap();
-    assert_eq!(
-        detect(c.path(), c.shapes()).unwrap().family,
-        Family::SdxlInpaint
-    );
+    rewrite(&inpaint, as_inpaint);
+    assert_eq!(detected(&inpaint).family, Family::SdxlInpaint);
 
     let refiner = dir.path().join("refiner.safetensors");
-    rewrite(&refiner, |entries| {
-        entries.retain(|e| !e.name.starts_with("conditioner.embedders.0."));
-        for e in entries.iter_mut() {
-            if let Some(rest) = e.name.strip_prefix("conditioner.embedders.1.") {
-                e.name = format!("conditioner.embedders.0.{rest}");
-            }
-        }
-    });
-    let c = Checkpoint::open(&refiner).unwrap();
-    assert_eq!(
-        detect(c.path(), c.shapes()).unwrap().family,
-        Family::SdxlRefiner
-    );
+    rewrite(&refiner, as_refiner);
+    assert_eq!(detected(&refiner).family, Family::SdxlRefiner);
 }
 
 #[test]
@@ -323,8 +314,7 @@ fn v_pred_and_ztsnr_markers() {
     };
     let vpred = dir.path().join("vpred.safetensors");
     rewrite(&vpred, |e| e.push(marker("v_pred")));
-    let c = Checkpoint::open(&vpred).unwrap();
-    let a = detect(c.path(), c.shapes()).unwrap();
+    let a = detected(&vpred);
     assert_eq!(
         (a.family, a.prediction, a.zero_terminal_snr),
         (Family::SdxlBase, Prediction::V, false)
@@ -335,8 +325,7 @@ fn v_pred_and_ztsnr_markers() {
         e.push(marker("v_pred"));
         e.push(marker("ztsnr"));
     });
-    let c = Checkpoint::open(&zsnr).unwrap();
-    let a = detect(c.path(), c.shapes()).unwrap();
+    let a = detected(&zsnr);
     assert_eq!((a.prediction, a.zero_terminal_snr), (Prediction::V, true));
     assert_eq!(a.to_string(), "SDXL base (v-prediction, zero terminal SNR)");
 }
@@ -357,11 +346,7 @@ fn ema_and_unknown_keys_are_ignored() {
             dtype: StDtype::I64,
         });
     });
-    let c = Checkpoint::open(&p).unwrap();
-    assert_eq!(
-        detect(c.path(), c.shapes()).unwrap().family,
-        Family::SdxlBase
-    );
+    assert_eq!(detected(&p).family, Family::SdxlBase);
 }
 
 fn load_error(path: &Path) -> String {
@@ -436,13 +421,7 @@ fn reshaped_tensor_is_named_at_load() {
 fn refiner_and_inpaint_are_refused_for_txt2img_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("inpaint.safetensors");
-    rewrite(&p, |entries| {
-        for e in entries.iter_mut() {
-            if e.name == "model.diffusion_model.input_blocks.0.0.weight" {
-                e.shape = vec![32, 9, 3, 3];
-            }
-        }
-    });
+    rewrite(&p, as_inpaint);
     let msg = load_error(&p);
     assert!(
         msg.contains("SDXL inpainting") && msg.contains("inpaint.safetensors"),
@@ -450,14 +429,7 @@ fn refiner_and_inpaint_are_refused_for_txt2img_by_name() {
     );
 
     let p = dir.path().join("refiner.safetensors");
-    rewrite(&p, |entries| {
-        entries.retain(|e| !e.name.starts_with("conditioner.embedders.0."));
-        for e in entries.iter_mut() {
-            if let Some(rest) = e.name.strip_prefix("conditioner.embedders.1.") {
-                e.name = format!("conditioner.embedders.0.{rest}");
-            }
-        }
-    });
+    rewrite(&p, as_refiner);
     let msg = load_error(&p);
     assert!(msg.contains("SDXL refiner"), "{msg}");
 }

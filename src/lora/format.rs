@@ -1,5 +1,5 @@
 //! Grouping a LoRA file's tensors into modules and recognising the adapter kind of each
-//! (formats.md §3.1): kohya LoRA/LoCon (+ Tucker `lora_mid`), LoHa (± Tucker), LoKr (factored
+//! (docs/formats.md, *Tensor suffixes and adapter kinds*): kohya LoRA/LoCon (+ Tucker `lora_mid`), LoHa (± Tucker), LoKr (factored
 //! or full, ± Tucker), full `diff`/`diff_b`, norm `w_norm`/`b_norm`, diffusers/PEFT
 //! `lora_A`/`lora_B` and the older diffusers spellings, with optional `alpha` and DoRA scale.
 
@@ -165,30 +165,9 @@ impl Adapter {
                     Some((out, out * inn))
                 }
             },
-            Self::Lokr {
-                w1,
-                w1ab,
-                w2,
-                w2ab,
-                t2,
-            } => {
-                let (a0, a_n) = match (w1, w1ab) {
-                    (Some(w), _) => (*d(w).first()?, w.elem_count()),
-                    (None, Some((a, b))) => (*d(a).first()?, d(a)[0] * *d(b).get(1)?),
-                    _ => return None,
-                };
-                let (b0, b_n) = match (w2, w2ab, t2) {
-                    (Some(w), _, _) => (*d(w).first()?, w.elem_count()),
-                    (None, Some((a, b)), Some(t)) => {
-                        let k: usize = d(t).iter().skip(2).product();
-                        (*d(a).get(1)?, d(a)[1] * *d(b).get(1)? * k)
-                    }
-                    (None, Some((a, b)), None) => {
-                        let rest: usize = d(b).iter().skip(1).product();
-                        (*d(a).first()?, d(a)[0] * rest)
-                    }
-                    _ => return None,
-                };
+            Self::Lokr { .. } => {
+                let (w1, w2) = self.lokr_operands().ok()?;
+                let ((a0, a_n), (b0, b_n)) = (w1.out_and_numel()?, w2.out_and_numel()?);
                 Some((a0 * b0, a_n * b_n))
             }
             Self::Diff(t) => Some((*d(t).first().unwrap_or(&1), t.elem_count())),
@@ -222,32 +201,84 @@ impl Adapter {
                     shape,
                 )
             }
-            Self::Lokr {
-                w1,
-                w1ab,
-                w2,
-                w2ab,
-                t2,
-            } => {
-                let w1 = match (w1, w1ab) {
-                    (Some(w), _) => up32(w, dev)?,
-                    (None, Some((a, b))) => up32(a, dev)?.matmul(&up32(b, dev)?)?,
-                    _ => candle_core::bail!("LoKr module without lokr_w1"),
-                };
-                let w2 = match (w2, w2ab, t2) {
-                    (Some(w), _, _) => up32(w, dev)?,
-                    (None, Some((a, b)), Some(t)) => {
-                        math::tucker(&up32(t, dev)?, &up32(b, dev)?, &up32(a, dev)?)?
-                    }
-                    (None, Some((a, b)), None) => {
-                        up32(a, dev)?.matmul(&up32(b, dev)?.flatten_from(1)?)?
-                    }
-                    _ => candle_core::bail!("LoKr module without lokr_w2"),
-                };
+            Self::Lokr { .. } => {
+                let (w1, w2) = self
+                    .lokr_operands()
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 // A 4-D w2 (conv) takes w1 as [a, b, 1, 1]: `kron` pads the lower rank.
-                math::kron(&w1, &w2)?.reshape(shape)
+                math::kron(&w1.delta(dev)?, &w2.delta(dev)?)?.reshape(shape)
             }
             Self::Diff(t) => up32(t, dev)?.reshape(shape),
+        }
+    }
+}
+
+impl Adapter {
+    /// The two Kronecker operands of a LoKr module, each in the form it is stored in; `Err`
+    /// for other kinds, or when an operand is missing (which `parse` rules out).
+    fn lokr_operands(&self) -> Result<(LokrOperand<'_>, LokrOperand<'_>), &'static str> {
+        let Self::Lokr {
+            w1,
+            w1ab,
+            w2,
+            w2ab,
+            t2,
+        } = self
+        else {
+            return Err("not a LoKr module");
+        };
+        let w1 = match (w1, w1ab) {
+            (Some(w), _) => LokrOperand::Full(w),
+            (None, Some((a, b))) => LokrOperand::Product(a, b),
+            _ => return Err("LoKr module without lokr_w1"),
+        };
+        let w2 = match (w2, w2ab, t2) {
+            (Some(w), _, _) => LokrOperand::Full(w),
+            (None, Some((a, b)), Some(t)) => LokrOperand::Tucker(t, a, b),
+            (None, Some((a, b)), None) => LokrOperand::ProductFlat(a, b),
+            _ => return Err("LoKr module without lokr_w2"),
+        };
+        Ok((w1, w2))
+    }
+}
+
+/// One operand of a LoKr Kronecker product, as the file stores it.
+enum LokrOperand<'a> {
+    /// Stored whole (`lokr_w1`, `lokr_w2`).
+    Full(&'a Tensor),
+    /// `a @ b` (`lokr_w1_a`, `lokr_w1_b`), both 2-D.
+    Product(&'a Tensor, &'a Tensor),
+    /// `a @ b.flatten(1)` (`lokr_w2_a`, `lokr_w2_b`; `b` may carry a conv kernel).
+    ProductFlat(&'a Tensor, &'a Tensor),
+    /// The Tucker form with core `lokr_t2` over (`lokr_w2_a`, `lokr_w2_b`).
+    Tucker(&'a Tensor, &'a Tensor, &'a Tensor),
+}
+
+impl LokrOperand<'_> {
+    /// Leading dimension and element count of the operand, from the factor shapes alone.
+    fn out_and_numel(&self) -> Option<(usize, usize)> {
+        let d = |t: &Tensor| t.dims().to_vec();
+        match *self {
+            Self::Full(w) => Some((*d(w).first()?, w.elem_count())),
+            Self::Product(a, b) => Some((*d(a).first()?, d(a)[0] * *d(b).get(1)?)),
+            Self::ProductFlat(a, b) => {
+                let rest: usize = d(b).iter().skip(1).product();
+                Some((*d(a).first()?, d(a)[0] * rest))
+            }
+            Self::Tucker(t, a, b) => {
+                let k: usize = d(t).iter().skip(2).product();
+                Some((*d(a).get(1)?, d(a)[1] * *d(b).get(1)? * k))
+            }
+        }
+    }
+
+    /// The operand in f32 on `dev`.
+    fn delta(&self, dev: &Device) -> CResult<Tensor> {
+        match *self {
+            Self::Full(w) => up32(w, dev),
+            Self::Product(a, b) => up32(a, dev)?.matmul(&up32(b, dev)?),
+            Self::ProductFlat(a, b) => up32(a, dev)?.matmul(&up32(b, dev)?.flatten_from(1)?),
+            Self::Tucker(t, a, b) => math::tucker(&up32(t, dev)?, &up32(b, dev)?, &up32(a, dev)?),
         }
     }
 }

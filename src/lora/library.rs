@@ -1,18 +1,15 @@
 //! The LoRAs named in `models.toml`, loaded once at start: each file parsed into per-key
 //! patches resolved against the checkpoint, kept in host memory in the file's dtype.
 
+use super::error::LoraError;
+pub use super::error::MAX_LORA_WEIGHT;
 use super::format::{split_name, Adapter, ModuleTensors};
 use super::names::{Component, NameIndex, Target};
-use super::LoraError;
-use crate::model::ShapeMap;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, ShapeMap};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Largest |weight| accepted for a LoRA (sliders go to ±5 in practice).
-pub const MAX_LORA_WEIGHT: f64 = 20.0;
 
 /// One resolved patch: an adapter applied to one checkpoint key (or a row block of it).
 #[derive(Debug, Clone)]
@@ -21,7 +18,8 @@ pub struct Patch {
     pub module: String,
     pub target: Target,
     pub adapter: Adapter,
-    /// `alpha / rank`, or 1 without alpha (formats.md §3.3).
+    /// `alpha / rank`, or 1 without alpha or without a rank (docs/formats.md, *Scaling: alpha,
+    /// rank and strength*).
     pub alpha_eff: f32,
     pub dora_scale: Option<Tensor>,
 }

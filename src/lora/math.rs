@@ -1,5 +1,5 @@
-//! Delta-weight math of every adapter kind, in f32 (formats.md §3.3, which follows ComfyUI's
-//! `weight_adapter/*.py` so results match what Civitai users see there).
+//! Delta-weight math of every adapter kind, in f32, as ComfyUI computes it so that results
+//! match what Civitai users see there (docs/formats.md, *Tensor suffixes and adapter kinds*).
 //!
 //! Every function returns the *unscaled* ΔW reshaped to the target's shape; the caller
 //! applies `strength · α_eff` (or DoRA) and accumulates in f32 before one cast.
@@ -78,8 +78,8 @@ pub fn kron(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     prod.reshape(out)
 }
 
-/// DoRA (`weight_decompose`, formats.md §3.3): returns the new weight for strength `s` given
-/// the current weight `w` and the already α-scaled delta.
+/// DoRA (weight decomposition, docs/formats.md, *DoRA*): returns the new weight for strength
+/// `s` given the current weight `w` and the already α-scaled delta.
 pub fn dora(w: &Tensor, scaled_delta: &Tensor, dora_scale: &Tensor, s: f64) -> Result<Tensor> {
     let w_c = (w + scaled_delta)?;
     let out_axis = dora_scale.dim(0)? == w.dim(0)?;

@@ -1,11 +1,11 @@
 //! Reverse index from every LoRA module name found in the wild to the checkpoint key it
-//! patches, built from the checkpoint's own keys (formats.md §3.2).
+//! patches, built from the checkpoint's own keys (docs/formats.md, *Resolving names*).
 //!
 //! Underscores are ambiguous in kohya names (`transformer_blocks`, `to_q`, `in_layers`), so a
 //! LoRA name is never split; instead every checkpoint weight key is turned into each name a
 //! trainer could have given it and the LoRA name is looked up.
 
-use crate::model::ShapeMap;
+use crate::weights::ShapeMap;
 use std::collections::HashMap;
 
 pub(crate) const UNET_PREFIX: &str = "model.diffusion_model.";
@@ -95,7 +95,9 @@ impl NameIndex {
             }
             let _ = shape;
         }
-        // Fused q/k/v and the transposed projection of OpenCLIP (formats.md §1.6).
+        // OpenCLIP fuses q, k and v into the rows of one `in_proj_weight` `[3W, W]` (q first)
+        // and stores `text_projection` as `[W, proj]`, the transpose of the Hugging Face
+        // linear LoRAs name (docs/formats.md, *OpenCLIP names*).
         for (key, shape) in shapes {
             let Some(rest) = key.strip_prefix(TE2_PREFIX) else {
                 continue;
@@ -206,7 +208,8 @@ fn resnet_part(rest: &str) -> Option<String> {
 }
 
 /// An LDM UNet module path (without `model.diffusion_model.` and `.weight`) → its diffusers
-/// module path (formats.md §1.3), or `None` when the key has no diffusers counterpart.
+/// module path (docs/formats.md, *UNet names: single-file and diffusers*), or `None` when the
+/// key has no diffusers counterpart. `l` is the number of resnets per level.
 pub fn unet_ldm_to_diffusers(k: &str, l: usize) -> Option<String> {
     let fixed = match k {
         "time_embed.0" => Some("time_embedding.linear_1"),

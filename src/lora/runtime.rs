@@ -2,11 +2,11 @@
 //! built from, and the merged set; one call per request turns the request's LoRA list and
 //! the prompt's `<lora:…>` tags into the merged weights.
 
+use super::error::LoraError;
 use super::library::LoraLibrary;
 use super::prompt::extract_prompt_loras;
 use super::state::{LoraState, SwitchStats};
 use super::store::WeightStore;
-use super::LoraError;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use std::sync::Arc;

@@ -7,9 +7,10 @@
 //! no LoRA gets the original back through the same path as the first load. Nothing is ever
 //! subtracted, so there is no drift however many switches happen.
 
+use super::error::LoraError;
 use super::library::{ActiveLora, LoraLibrary, Patch};
+use super::math;
 use super::store::WeightStore;
-use super::{math, LoraError};
 use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;

@@ -15,7 +15,8 @@ use candle_nn::VarBuilder;
 
 use super::attention::{causal_mask, sdpa};
 use super::common_te_vae::{tensor, LayerNorm, Linear};
-use super::{count_indexed, shape_of, ModelError, ShapeMap};
+use super::error::{shape_of, ModelError};
+use crate::weights::{count_indexed, with_dot, ShapeMap};
 
 /// Attention head width of every CLIP text encoder SDXL uses (ViT-L 768/12, bigG 1280/20).
 pub const CLIP_HEAD_DIM: usize = 64;
@@ -85,14 +86,6 @@ impl ClipKind {
                 mlp_in: "mlp.c_fc.weight",
             },
         }
-    }
-}
-
-fn with_dot(prefix: &str) -> String {
-    if prefix.is_empty() || prefix.ends_with('.') {
-        prefix.to_string()
-    } else {
-        format!("{prefix}.")
     }
 }
 

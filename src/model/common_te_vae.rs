@@ -1,4 +1,5 @@
-//! Small weight loaders and layers shared by the text encoders and the VAE.
+//! Small weight loaders and layers shared by the text encoders and the VAE ([`full_name`] also
+//! by the UNet blocks).
 //!
 //! Every loader checks the tensor's presence and shape itself, so a damaged checkpoint yields a
 //! [`ModelError`] that names the full tensor path instead of candle's generic message.
@@ -6,7 +7,7 @@
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// Full dotted path of `name` under the builder's prefix, for error messages.
 pub(crate) fn full_name(vb: &VarBuilder<'_>, name: &str) -> String {
@@ -55,6 +56,19 @@ pub(crate) fn tensor_any(
     Ok(t)
 }
 
+/// Loads `{name}.weight` of shape `weight` and `{name}.bias` of shape `[out]`.
+fn weight_and_bias(
+    vb: &VarBuilder<'_>,
+    name: &str,
+    weight: &[usize],
+    out: usize,
+) -> Result<(Tensor, Tensor), ModelError> {
+    Ok((
+        tensor(vb, weight, &format!("{name}.weight"))?,
+        tensor(vb, &[out], &format!("{name}.bias"))?,
+    ))
+}
+
 /// `x·Wᵀ + b` with `W` stored `[out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
@@ -74,8 +88,7 @@ impl Linear {
         in_dim: usize,
         out_dim: usize,
     ) -> Result<Self, ModelError> {
-        let weight = tensor(vb, &[out_dim, in_dim], &format!("{name}.weight"))?;
-        let bias = tensor(vb, &[out_dim], &format!("{name}.bias"))?;
+        let (weight, bias) = weight_and_bias(vb, name, &[out_dim, in_dim], out_dim)?;
         Ok(Self::new(weight, Some(bias)))
     }
 
@@ -108,9 +121,12 @@ impl LayerNorm {
         dim: usize,
         eps: f64,
     ) -> Result<Self, ModelError> {
-        let weight = tensor(vb, &[dim], &format!("{name}.weight"))?.to_dtype(DType::F32)?;
-        let bias = tensor(vb, &[dim], &format!("{name}.bias"))?.to_dtype(DType::F32)?;
-        Ok(Self { weight, bias, eps })
+        let (weight, bias) = weight_and_bias(vb, name, &[dim], dim)?;
+        Ok(Self {
+            weight: weight.to_dtype(DType::F32)?,
+            bias: bias.to_dtype(DType::F32)?,
+            eps,
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -142,8 +158,7 @@ pub(crate) fn group_norm(
             full_name(vb, name)
         )));
     }
-    let weight = tensor(vb, &[channels], &format!("{name}.weight"))?;
-    let bias = tensor(vb, &[channels], &format!("{name}.bias"))?;
+    let (weight, bias) = weight_and_bias(vb, name, &[channels], channels)?;
     Ok(candle_nn::GroupNorm::new(
         weight, bias, channels, groups, eps,
     )?)
@@ -159,12 +174,7 @@ pub(crate) fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<candle_nn::Conv2d, ModelError> {
-    let weight = tensor(
-        vb,
-        &[out_ch, in_ch, kernel, kernel],
-        &format!("{name}.weight"),
-    )?;
-    let bias = tensor(vb, &[out_ch], &format!("{name}.bias"))?;
+    let (weight, bias) = weight_and_bias(vb, name, &[out_ch, in_ch, kernel, kernel], out_ch)?;
     let cfg = candle_nn::Conv2dConfig {
         padding,
         stride,

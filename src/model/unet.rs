@@ -15,11 +15,12 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Linear, VarBuilder};
 
+use super::error::{shape_of, ModelError};
 use super::unet_blocks::{
     conv2d, downsampler, linear, AttentionSpec, GroupNorm, ResBlock, SpatialTransformer, Upsampler,
     RESNET_NORM_EPS,
 };
-use super::{count_indexed, shape_of, ModelError, ShapeMap};
+use crate::weights::{count_indexed, with_dot, ShapeMap};
 
 /// Attention head width of every SDXL-family UNet (SDXL base 1.0: 640/10, 1280/20; refiner
 /// 384/6 …). A `[C, C]` projection does not reveal the head split, so this is the one
@@ -30,7 +31,7 @@ pub const HEAD_DIM: usize = 64;
 pub const TIME_ID_DIM: usize = 256;
 
 /// One resolution level on the way down (`input_blocks`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DownLevel {
     /// Output channels of every resnet of the level (`in_layers.2.weight` rows).
     pub channels: usize,
@@ -43,7 +44,7 @@ pub struct DownLevel {
 
 /// One resolution level on the way up (`output_blocks`), in execution order (lowest
 /// resolution first).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpLevel {
     /// Output channels of every resnet of the level.
     pub channels: usize,
@@ -157,6 +158,77 @@ fn dims<'a>(shapes: &'a ShapeMap, name: &str, rank: usize) -> Result<&'a [usize]
     Ok(s)
 }
 
+/// The attention widths every block of one UNet must share, collected while the blocks are
+/// read: the first attention block sets them, later ones are checked against them.
+#[derive(Default)]
+struct AttentionDims {
+    context_dim: Option<usize>,
+    ff_mult: Option<usize>,
+}
+
+impl AttentionDims {
+    /// Transformer depth of the attention under `prefix` (0 when there is none), after
+    /// checking its widths against the blocks read before.
+    fn depth_at(
+        &mut self,
+        shapes: &ShapeMap,
+        prefix: &str,
+        channels: usize,
+    ) -> Result<usize, ModelError> {
+        let Some((depth, ctx, inner)) = attention_at(shapes, prefix, channels)? else {
+            return Ok(0);
+        };
+        if *self.context_dim.get_or_insert(ctx) != ctx {
+            return Err(ModelError::Unsupported(format!(
+                "`{prefix}` attends to a context of width {ctx}, other blocks to {}",
+                self.context_dim.unwrap_or_default()
+            )));
+        }
+        if inner % channels != 0
+            || *self.ff_mult.get_or_insert(inner / channels) * channels != inner
+        {
+            return Err(ModelError::Unsupported(format!(
+                "`{prefix}` has a feed-forward width {inner} for {channels} channels, \
+                 unlike the other blocks"
+            )));
+        }
+        if !channels.is_multiple_of(HEAD_DIM) {
+            return Err(ModelError::Unsupported(format!(
+                "`{prefix}` has {channels} channels, not a multiple of the head dim {HEAD_DIM}"
+            )));
+        }
+        Ok(depth)
+    }
+
+    /// Reads one resnet (+ attention) block under `block` (`….input_blocks.N.` or
+    /// `….output_blocks.N.`) into the level being collected, `(channels, depths)`: the first
+    /// block sets the level's channels, later ones must match them (`what` names the level,
+    /// `sampler` what would have to separate blocks of different widths). Returns the
+    /// block's transformer depth.
+    fn read_block(
+        &mut self,
+        shapes: &ShapeMap,
+        block: &str,
+        (channels, depths): (&mut usize, &mut Vec<usize>),
+        what: &str,
+        sampler: &str,
+    ) -> Result<usize, ModelError> {
+        let conv = format!("{block}0.in_layers.2.weight");
+        let ch = dims(shapes, &conv, 4)?[0];
+        if depths.is_empty() {
+            *channels = ch;
+        } else if ch != *channels {
+            return Err(ModelError::Unsupported(format!(
+                "`{conv}` has {ch} channels inside {what} of {channels} channels (no {sampler} \
+                 between them)"
+            )));
+        }
+        let depth = self.depth_at(shapes, &format!("{block}1."), ch)?;
+        depths.push(depth);
+        Ok(depth)
+    }
+}
+
 impl UNetConfig {
     /// Reads the UNet structure from the tensor shapes under `prefix` (usually
     /// `"model.diffusion_model."`; the trailing dot is optional).
@@ -166,11 +238,7 @@ impl UNetConfig {
     /// resnets per level and attention placement follow the file. SD 1.x-style conv
     /// `proj_in` and UNets without `label_emb` are refused as unsupported.
     pub fn infer(shapes: &ShapeMap, prefix: &str) -> Result<Self, ModelError> {
-        let p = if prefix.is_empty() || prefix.ends_with('.') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}.")
-        };
+        let p = with_dot(prefix);
         let key = |rest: &str| format!("{p}{rest}");
 
         let conv_in = dims(shapes, &key("input_blocks.0.0.weight"), 4)?;
@@ -187,41 +255,12 @@ impl UNetConfig {
         }
         let adm_in_channels = dims(shapes, &label, 2)?[1];
 
-        let mut context_dim = None;
-        let mut ff_mult = None;
-        let mut note_attention =
-            |channels: usize, found: (usize, usize, usize), at: &str| -> Result<usize, _> {
-                let (depth, ctx, inner) = found;
-                if *context_dim.get_or_insert(ctx) != ctx {
-                    return Err(ModelError::Unsupported(format!(
-                        "`{at}` attends to a context of width {ctx}, other blocks to {}",
-                        context_dim.unwrap_or_default()
-                    )));
-                }
-                if inner % channels != 0
-                    || *ff_mult.get_or_insert(inner / channels) * channels != inner
-                {
-                    return Err(ModelError::Unsupported(format!(
-                        "`{at}` has a feed-forward width {inner} for {channels} channels, \
-                         unlike the other blocks"
-                    )));
-                }
-                if !channels.is_multiple_of(HEAD_DIM) {
-                    return Err(ModelError::Unsupported(format!(
-                        "`{at}` has {channels} channels, not a multiple of the head dim {HEAD_DIM}"
-                    )));
-                }
-                Ok(depth)
-            };
+        let mut attention = AttentionDims::default();
 
         // Down path.
         let n_in = count_indexed(shapes, &key("input_blocks."));
         let mut down = Vec::new();
-        let mut level = DownLevel {
-            channels: 0,
-            transformer_depth: Vec::new(),
-            downsample: false,
-        };
+        let mut level = DownLevel::default();
         for i in 1..n_in {
             let op = key(&format!("input_blocks.{i}.0.op.weight"));
             if shapes.contains_key(&op) {
@@ -231,33 +270,16 @@ impl UNetConfig {
                     )));
                 }
                 level.downsample = true;
-                down.push(std::mem::replace(
-                    &mut level,
-                    DownLevel {
-                        channels: 0,
-                        transformer_depth: Vec::new(),
-                        downsample: false,
-                    },
-                ));
+                down.push(std::mem::take(&mut level));
                 continue;
             }
-            let conv = key(&format!("input_blocks.{i}.0.in_layers.2.weight"));
-            let ch = dims(shapes, &conv, 4)?[0];
-            if level.transformer_depth.is_empty() {
-                level.channels = ch;
-            } else if ch != level.channels {
-                return Err(ModelError::Unsupported(format!(
-                    "`{conv}` has {ch} channels inside a level of {} channels (no downsampler \
-                     between them)",
-                    level.channels
-                )));
-            }
-            let attn = key(&format!("input_blocks.{i}.1."));
-            let depth = match attention_at(shapes, &attn, ch)? {
-                Some(found) => note_attention(ch, found, &attn)?,
-                None => 0,
-            };
-            level.transformer_depth.push(depth);
+            attention.read_block(
+                shapes,
+                &key(&format!("input_blocks.{i}.")),
+                (&mut level.channels, &mut level.transformer_depth),
+                "a level",
+                "downsampler",
+            )?;
         }
         if level.transformer_depth.is_empty() {
             return Err(ModelError::Unsupported(
@@ -270,10 +292,7 @@ impl UNetConfig {
         // Middle.
         let n_mid = count_indexed(shapes, &key("middle_block."));
         let mid_attn = key("middle_block.1.");
-        let middle_transformer_depth = match attention_at(shapes, &mid_attn, bottom)? {
-            Some(found) => note_attention(bottom, found, &mid_attn)?,
-            None => 0,
-        };
+        let middle_transformer_depth = attention.depth_at(shapes, &mid_attn, bottom)?;
         let expected_mid = if middle_transformer_depth > 0 { 3 } else { 2 };
         if n_mid != expected_mid {
             return Err(ModelError::Unsupported(format!(
@@ -285,47 +304,26 @@ impl UNetConfig {
         // Up path.
         let n_out = count_indexed(shapes, &key("output_blocks."));
         let mut up = Vec::new();
-        let mut level = UpLevel {
-            channels: 0,
-            transformer_depth: Vec::new(),
-            upsample: false,
-        };
+        let mut level = UpLevel::default();
         for i in 0..n_out {
-            let conv = key(&format!("output_blocks.{i}.0.in_layers.2.weight"));
-            let ch = dims(shapes, &conv, 4)?[0];
-            if level.transformer_depth.is_empty() {
-                level.channels = ch;
-            } else if ch != level.channels {
-                return Err(ModelError::Unsupported(format!(
-                    "`{conv}` has {ch} channels inside an up level of {} channels (no upsampler \
-                     between them)",
-                    level.channels
-                )));
-            }
-            let attn = key(&format!("output_blocks.{i}.1."));
-            let depth = match attention_at(shapes, &attn, ch)? {
-                Some(found) => note_attention(ch, found, &attn)?,
-                None => 0,
-            };
-            level.transformer_depth.push(depth);
+            let depth = attention.read_block(
+                shapes,
+                &key(&format!("output_blocks.{i}.")),
+                (&mut level.channels, &mut level.transformer_depth),
+                "an up level",
+                "upsampler",
+            )?;
             let up_idx = if depth > 0 { 2 } else { 1 };
             if shapes.contains_key(&key(&format!("output_blocks.{i}.{up_idx}.conv.weight"))) {
                 level.upsample = true;
-                up.push(std::mem::replace(
-                    &mut level,
-                    UpLevel {
-                        channels: 0,
-                        transformer_depth: Vec::new(),
-                        upsample: false,
-                    },
-                ));
+                up.push(std::mem::take(&mut level));
             }
         }
         if !level.transformer_depth.is_empty() {
             up.push(level);
         }
 
-        let context_dim = context_dim.ok_or_else(|| {
+        let context_dim = attention.context_dim.ok_or_else(|| {
             ModelError::Unsupported(
                 "the UNet has no cross-attention block, so it cannot take text conditioning".into(),
             )
@@ -340,7 +338,7 @@ impl UNetConfig {
             context_dim,
             head_dim: HEAD_DIM,
             // Set together with `context_dim` by the first attention block.
-            ff_mult: ff_mult.unwrap_or_default(),
+            ff_mult: attention.ff_mult.unwrap_or_default(),
             down,
             middle_transformer_depth,
             up,

@@ -9,7 +9,8 @@ use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use super::attention::sdpa;
-use super::ModelError;
+use super::common_te_vae::full_name;
+use super::error::ModelError;
 
 /// GroupNorm groups of every SDXL UNet norm (not visible in the file; the same in every
 /// SD-family UNet).
@@ -20,16 +21,6 @@ pub const RESNET_NORM_EPS: f64 = 1e-5;
 pub const TRANSFORMER_NORM_EPS: f64 = 1e-6;
 /// Epsilon of the LayerNorms inside transformer blocks.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
-
-/// Full dotted name of `name` under the builder's prefix, for error messages.
-fn full_name(vb: &VarBuilder, name: &str) -> String {
-    let prefix = vb.prefix();
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
 
 /// Loads `name` as `dtype`, checking that it exists and has exactly `shape`. Errors name the
 /// tensor with its full path (`model.diffusion_model.input_blocks.4.1.proj_in.weight`).

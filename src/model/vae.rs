@@ -14,7 +14,8 @@ use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 
 use super::attention::sdpa;
 use super::common_te_vae::{conv2d, group_norm, tensor_any, Linear};
-use super::{count_indexed, shape_of, ModelError, ShapeMap};
+use super::error::{shape_of, ModelError};
+use crate::weights::{count_indexed, with_dot, ShapeMap};
 
 /// SDXL's latent scaling factor (diffusers `vae.config.scaling_factor`; not stored in the
 /// file). The UNet works on `latents = vae_latents * factor`; decode `latents / factor`.
@@ -46,11 +47,7 @@ impl VaeConfig {
     /// Reads the VAE structure under `prefix` (e.g. `first_stage_model.`, or `""` for a
     /// stand-alone LDM VAE file) from the shape map.
     pub fn infer(shapes: &ShapeMap, prefix: &str) -> Result<Self, ModelError> {
-        let p = if prefix.is_empty() || prefix.ends_with('.') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}.")
-        };
+        let p = with_dot(prefix);
         let conv4 = |name: &str| -> Result<[usize; 4], ModelError> {
             let full = format!("{p}{name}");
             match *shape_of(shapes, &full)? {
@@ -139,6 +136,28 @@ impl ResnetBlock {
             conv2: conv2d(vb, "conv2", cout, cout, 3, 1, 1)?,
             shortcut,
         })
+    }
+
+    /// The resnets `block.0` … `block.{n-1}` of one level: the first maps `*cin` channels to
+    /// `cout`, the others keep `cout`; `*cin` is left at the level's output width.
+    fn load_level(
+        lvb: &VarBuilder<'_>,
+        cfg: &VaeConfig,
+        n: usize,
+        cin: &mut usize,
+        cout: usize,
+    ) -> Result<Vec<Self>, ModelError> {
+        let mut blocks = Vec::with_capacity(n);
+        for j in 0..n {
+            blocks.push(Self::load(&lvb.pp(format!("block.{j}")), cfg, *cin, cout)?);
+            *cin = cout;
+        }
+        Ok(blocks)
+    }
+
+    /// Runs the resnets of one level in order.
+    fn forward_level(blocks: &[Self], x: Tensor) -> candle_core::Result<Tensor> {
+        blocks.iter().try_fold(x, |h, b| b.forward(&h))
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -268,16 +287,8 @@ impl Encoder {
         let mut cin = ch[0];
         for (i, &cout) in ch.iter().enumerate() {
             let lvb = vb.pp(format!("down.{i}"));
-            let mut blocks = Vec::with_capacity(cfg.encoder_layers_per_block);
-            for j in 0..cfg.encoder_layers_per_block {
-                blocks.push(ResnetBlock::load(
-                    &lvb.pp(format!("block.{j}")),
-                    cfg,
-                    cin,
-                    cout,
-                )?);
-                cin = cout;
-            }
+            let blocks =
+                ResnetBlock::load_level(&lvb, cfg, cfg.encoder_layers_per_block, &mut cin, cout)?;
             // Padding is applied by hand (right/bottom only), so the conv itself has none.
             let ds = if i != last {
                 Some(conv2d(&lvb, "downsample.conv", cout, cout, 3, 2, 0)?)
@@ -300,9 +311,7 @@ impl Encoder {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.conv_in.forward(x)?;
         for (blocks, ds) in &self.down {
-            for b in blocks {
-                h = b.forward(&h)?;
-            }
+            h = ResnetBlock::forward_level(blocks, h)?;
             if let Some(conv) = ds {
                 h = conv.forward(&h.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?)?;
             }
@@ -333,16 +342,8 @@ impl Decoder {
         for i in (0..ch.len()).rev() {
             let cout = ch[i];
             let lvb = vb.pp(format!("up.{i}"));
-            let mut blocks = Vec::with_capacity(cfg.decoder_layers_per_block);
-            for j in 0..cfg.decoder_layers_per_block {
-                blocks.push(ResnetBlock::load(
-                    &lvb.pp(format!("block.{j}")),
-                    cfg,
-                    cin,
-                    cout,
-                )?);
-                cin = cout;
-            }
+            let blocks =
+                ResnetBlock::load_level(&lvb, cfg, cfg.decoder_layers_per_block, &mut cin, cout)?;
             let us = if i != 0 {
                 Some(conv2d(&lvb, "upsample.conv", cout, cout, 3, 1, 1)?)
             } else {
@@ -363,9 +364,7 @@ impl Decoder {
     fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.mid.forward(&self.conv_in.forward(z)?)?;
         for (blocks, us) in self.up.iter().rev() {
-            for b in blocks {
-                h = b.forward(&h)?;
-            }
+            h = ResnetBlock::forward_level(blocks, h)?;
             if let Some(conv) = us {
                 let (_, _, hh, ww) = h.dims4()?;
                 h = conv.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;

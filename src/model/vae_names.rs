@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use candle_nn::VarBuilder;
 
-use super::{count_indexed, ModelError, ShapeMap};
+use super::error::ModelError;
+use crate::weights::{count_indexed, ShapeMap};
 
 /// Naming scheme of a VAE's tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,26 +250,34 @@ mod tests {
     #[test]
     fn diffusers_names_map_to_ldm() {
         let m = |n: &str| diffusers_to_ldm(n, 4);
-        assert_eq!(
-            m("decoder.up_blocks.0.resnets.2.conv1.weight").as_deref(),
-            Some("decoder.up.3.block.2.conv1.weight")
-        );
-        assert_eq!(
-            m("decoder.up_blocks.2.upsamplers.0.conv.bias").as_deref(),
-            Some("decoder.up.1.upsample.conv.bias")
-        );
-        assert_eq!(
-            m("encoder.down_blocks.3.resnets.0.conv_shortcut.weight").as_deref(),
-            Some("encoder.down.3.block.0.nin_shortcut.weight")
-        );
-        assert_eq!(
-            m("encoder.down_blocks.1.downsamplers.0.conv.weight").as_deref(),
-            Some("encoder.down.1.downsample.conv.weight")
-        );
-        assert_eq!(
-            m("encoder.mid_block.resnets.1.norm2.bias").as_deref(),
-            Some("encoder.mid.block_2.norm2.bias")
-        );
+        // (diffusers name, LDM name), for a VAE with 4 decoder levels.
+        let mut cases = vec![
+            (
+                "decoder.up_blocks.0.resnets.2.conv1.weight".to_string(),
+                "decoder.up.3.block.2.conv1.weight".to_string(),
+            ),
+            (
+                "decoder.up_blocks.2.upsamplers.0.conv.bias".into(),
+                "decoder.up.1.upsample.conv.bias".into(),
+            ),
+            (
+                "encoder.down_blocks.3.resnets.0.conv_shortcut.weight".into(),
+                "encoder.down.3.block.0.nin_shortcut.weight".into(),
+            ),
+            (
+                "encoder.down_blocks.1.downsamplers.0.conv.weight".into(),
+                "encoder.down.1.downsample.conv.weight".into(),
+            ),
+            (
+                "encoder.mid_block.resnets.1.norm2.bias".into(),
+                "encoder.mid.block_2.norm2.bias".into(),
+            ),
+            (
+                "decoder.conv_norm_out.weight".into(),
+                "decoder.norm_out.weight".into(),
+            ),
+            ("post_quant_conv.bias".into(), "post_quant_conv.bias".into()),
+        ];
         // Current and pre-0.14 diffusers attention names.
         for (d, l) in [
             ("to_q", "q"),
@@ -281,23 +290,22 @@ mod tests {
             ("proj_attn", "proj_out"),
             ("group_norm", "norm"),
         ] {
-            assert_eq!(
-                m(&format!("decoder.mid_block.attentions.0.{d}.weight")),
-                Some(format!("decoder.mid.attn_1.{l}.weight"))
-            );
+            cases.push((
+                format!("decoder.mid_block.attentions.0.{d}.weight"),
+                format!("decoder.mid.attn_1.{l}.weight"),
+            ));
         }
-        assert_eq!(
-            m("decoder.conv_norm_out.weight").as_deref(),
-            Some("decoder.norm_out.weight")
-        );
-        assert_eq!(
-            m("post_quant_conv.bias").as_deref(),
-            Some("post_quant_conv.bias")
-        );
+        for (diffusers, ldm) in &cases {
+            assert_eq!(m(diffusers).as_ref(), Some(ldm), "{diffusers}");
+        }
         // Out-of-range level, wrong side, unknown parts.
-        assert_eq!(m("decoder.up_blocks.4.resnets.0.conv1.weight"), None);
-        assert_eq!(m("decoder.down_blocks.0.resnets.0.conv1.weight"), None);
-        assert_eq!(m("encoder.mid_block.attentions.0.to_out.1.weight"), None);
-        assert_eq!(m("decoder.conv_in.scale"), None);
+        for name in [
+            "decoder.up_blocks.4.resnets.0.conv1.weight",
+            "decoder.down_blocks.0.resnets.0.conv1.weight",
+            "encoder.mid_block.attentions.0.to_out.1.weight",
+            "decoder.conv_in.scale",
+        ] {
+            assert_eq!(m(name), None, "{name}");
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! Architecture detection from tensor names and shapes alone (formats.md §1.2): the header
-//! is enough, no tensor data is read, and file names are never trusted.
+//! Architecture detection from tensor names and shapes alone: the header is enough, no tensor
+//! data is read, and file names are never trusted. The order of the checks and the keys they
+//! test are listed in docs/formats.md, *Architecture detection*.
 
-use super::WeightsError;
-use crate::model::ShapeMap;
+use super::error::WeightsError;
+use super::shapes::ShapeMap;
 use std::path::Path;
 
 const UNET: &str = "model.diffusion_model.";

@@ -10,9 +10,10 @@
 //! Tensor bytes are never copied before upload: a tensor is read from the map straight into
 //! the device buffer (CPU: one copy into the tensor; CUDA: one host-to-device transfer).
 
-use super::WeightsError;
-use crate::model::ShapeMap;
-use candle_core::{DType, Device, Shape, Tensor};
+use super::backend::{self, TensorSource};
+use super::error::WeightsError;
+use super::shapes::ShapeMap;
+use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -317,12 +318,12 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> candle_nn::VarBuilder<'static> {
-        candle_nn::VarBuilder::from_backend(
-            Box::new(MmapBackend {
+        backend::var_builder(
+            MmapSource {
                 ckpt: Arc::clone(self),
-            }),
+            },
             dtype,
-            device.clone(),
+            device,
         )
     }
 }
@@ -481,12 +482,21 @@ fn validate_layout(
     Ok(())
 }
 
-/// candle backend reading from a [`Checkpoint`]'s map.
-struct MmapBackend {
+/// The [`TensorSource`] of [`Checkpoint::var_builder`]: reads each tensor from the map onto
+/// the device, then lets the kernel drop the pages it came from.
+struct MmapSource {
     ckpt: Arc<Checkpoint>,
 }
 
-impl MmapBackend {
+impl TensorSource for MmapSource {
+    fn declared_shape(&self, name: &str) -> Option<&[usize]> {
+        self.ckpt.info(name).map(|info| info.shape.as_slice())
+    }
+
+    fn describe(&self) -> String {
+        format!("`{}`", self.ckpt.path.display())
+    }
+
     fn fetch(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self
             .ckpt
@@ -494,37 +504,6 @@ impl MmapBackend {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         self.ckpt.release(name);
         t.to_dtype(dtype)
-    }
-}
-
-impl candle_nn::var_builder::SimpleBackend for MmapBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _init: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match self.ckpt.info(name) {
-            Some(info) if info.shape.as_slice() != s.dims() => {
-                Err(candle_core::Error::Msg(format!(
-                    "`{}`: tensor `{name}` has shape {:?}, the model expects {:?}",
-                    self.ckpt.path.display(),
-                    info.shape,
-                    s.dims()
-                )))
-            }
-            _ => self.fetch(name, dtype, dev),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.fetch(name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.ckpt.tensors.contains_key(name)
     }
 }
 

@@ -4,7 +4,7 @@
 //! generator is checked against the `mini-m` fixture (tests/weights.rs): with mini-m's
 //! dimensions it must reproduce that file's header exactly.
 
-use super::StDtype;
+use super::file::StDtype;
 use std::io::Write;
 use std::path::Path;
 
@@ -55,15 +55,13 @@ impl SdxlDims {
         }
     }
 
-    /// The `mini-m` test fixture (tests/fixtures/README.md).
+    /// The `mini-m` test fixture (tests/fixtures/README.md): SDXL base's topology (three UNet
+    /// levels of two resnets, 4 latent channels, four VAE levels) at toy widths and depths.
     pub fn mini_m() -> Self {
         Self {
             model_channels: 32,
-            channel_mult: vec![1, 2, 4],
-            num_res_blocks: 2,
             transformer_depth: vec![0, 1, 1],
             mid_transformer_depth: 1,
-            in_channels: 4,
             te1_width: 64,
             te1_layers: 2,
             te1_mlp: 256,
@@ -73,8 +71,7 @@ impl SdxlDims {
             te2_proj: 96,
             vae_ch: 32,
             vae_mult: vec![1, 1, 1, 2],
-            vae_res_blocks: 2,
-            latent_channels: 4,
+            ..Self::sdxl_base()
         }
     }
 }
@@ -408,6 +405,13 @@ pub fn write_safetensors(
     Ok(8 + json.len() as u64 + offset as u64)
 }
 
+/// Whether `name` is the scale of a norm layer (GroupNorm, LayerNorm), which synthetic weights
+/// set to 1 so that activations keep their size; recognised by name, as every SDXL norm is
+/// called `…norm…` or OpenCLIP's `ln_…`.
+pub(crate) fn is_norm_weight(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 1 && (name.contains("norm") || name.contains("ln_")) && name.ends_with(".weight")
+}
+
 /// Fills an entry with deterministic pseudo-random values that keep activations in range:
 /// weights uniform with variance 1/fan_in, norm weights 1, biases small, `position_ids` 0..n.
 /// Only F32/F16/BF16/I64 entries are produced by [`sdxl_layout`].
@@ -420,10 +424,7 @@ pub fn fill_random(seed: u64) -> impl FnMut(&Entry, &mut [u8]) {
             }
             return;
         }
-        let is_norm = e.shape.len() == 1
-            && (e.name.contains("norm") || e.name.contains("ln_"))
-            && e.name.ends_with(".weight");
-        let (scale, offset) = if is_norm {
+        let (scale, offset) = if is_norm_weight(&e.name, &e.shape) {
             (0.0, 1.0)
         } else if e.shape.len() <= 1 {
             (0.02, 0.0)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use sdxl_worker::model::ShapeMap;
+use sdxl_worker::weights::ShapeMap;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -59,19 +59,21 @@ pub fn var_builder(dtype: DType) -> VarBuilder<'static> {
     unsafe { VarBuilder::from_mmaped_safetensors(&[checkpoint()], dtype, &Device::Cpu).unwrap() }
 }
 
-/// Reads an .npy file as (shape, f32 values); integer arrays are converted.
-pub fn npy_f32(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+/// Reads an .npy file as (shape, values), converting the stored element type to `T`.
+fn npy<T: npyz::Deserialize>(path: &std::path::Path) -> (Vec<usize>, Vec<T>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
+    (shape, npy.into_vec::<T>().unwrap())
+}
+
+/// Reads an .npy file as (shape, f32 values); integer arrays are converted.
+pub fn npy_f32(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    npy(path)
 }
 
 pub fn npy_i64(path: &std::path::Path) -> (Vec<usize>, Vec<i64>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<i64>().unwrap())
+    npy(path)
 }
 
 pub fn npy_tensor(path: &std::path::Path) -> Tensor {
@@ -87,20 +89,15 @@ pub fn ids_tensor(path: &std::path::Path) -> Tensor {
 /// max |a - b| / max |b|; infinite when `a` has a NaN or infinity.
 pub fn rel_max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let values = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (values(a), values(b));
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = a
         .iter()
