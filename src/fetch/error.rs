@@ -138,15 +138,6 @@ pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
-/// Text of a reqwest error without the URL (it may carry a presigned signature).
-pub(crate) fn net_message(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
+/// Network error text without the URL; it lives with the rest of the HTTP policy and is
+/// re-exported here for the image-input fetcher.
+pub(crate) use super::http::net_message;

@@ -3,8 +3,8 @@
 //!
 //! # How the bucket name is found
 //!
-//! RunPod's `rp_upload` expects `BUCKET_ENDPOINT_URL` to name the bucket itself
-//! (`https://<bucket>.s3.<region>.amazonaws.com`, spec runpod.md 20.2), so existing endpoint
+//! RunPod's `rp_upload` helper expects `BUCKET_ENDPOINT_URL` to name the bucket itself (its
+//! documentation gives `https://<bucket>.s3.<region>.amazonaws.com`), so existing endpoint
 //! settings keep working here. The rule, in order:
 //!
 //! 1. `BUCKET_NAME` set: that is the bucket. If the endpoint URL's last path segment or the

@@ -1,5 +1,6 @@
-//! Local mock of Civitai's API, its download redirect and the presigned storage host (Civitai
-//! spec §2.7), plus a mock Hugging Face endpoint. Everything listens on 127.0.0.1.
+//! Local mock of Civitai's API, its download redirect and the presigned storage host (the
+//! behaviour it imitates is described in docs/civitai.md), plus a mock Hugging Face endpoint.
+//! Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -482,7 +483,7 @@ async fn download_handler(
         }
         _ => {}
     }
-    // Token: `Authorization: Bearer` wins over `?token=` (spec §1.1).
+    // Token: `Authorization: Bearer` wins over `?token=` (docs/civitai.md, *Tokens*).
     let token = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         Some(h) => h.split(' ').nth(1).map(str::to_string),
         None => q.get("token").cloned(),
