@@ -79,10 +79,19 @@ pub(crate) async fn download(
     let part = PartFile::new(cache, key, expect.sha256.clone(), expect.size);
     let (url, mut saved_segments) = start_url(&part, resolver.as_ref()).await?;
 
-    let mut stream = SingleStream::new(client, cache, &part, resolver, expect, opts, progress, url);
+    let job = Job {
+        client,
+        cache,
+        part: &part,
+        resolver,
+        expect,
+        opts,
+        progress,
+    };
+    let mut stream = SingleStream::new(job, url);
     if let Some(total) = segment_total(client, &stream.url, expect, opts).await {
         let saved = saved_segments.take();
-        if let Some(done) = transfer_segmented(&stream, total, saved).await? {
+        if let Some(done) = transfer_segmented(&stream.job, &stream.url, total, saved).await? {
             stream.hashing = done.hashing;
             stream.total = Some(total);
             stream.disposition_name = done.disposition_name;
@@ -162,7 +171,8 @@ async fn segment_total(
 /// as asked: the part file is emptied and the single stream takes over. A fatal error that
 /// proves the bytes wrong (not a model, wrong size or hash) deletes the part file.
 async fn transfer_segmented(
-    s: &SingleStream<'_>,
+    s: &Job<'_>,
+    url: &ResolvedUrl,
     total: u64,
     saved: Option<Vec<Seg>>,
 ) -> Result<Option<segmented::SegDone>, EntryError> {
@@ -175,12 +185,12 @@ async fn transfer_segmented(
         opts: s.opts,
         progress: s.progress,
     };
-    match segmented::run(&job, s.url.clone(), saved).await {
+    match segmented::run(&job, url.clone(), saved).await {
         Ok(done) => Ok(Some(done)),
         Err(SegError::Fallback(why)) => {
             tracing::info!(reason = %why, "storage does not serve ranges as asked; using one connection");
             s.part.truncate()?;
-            s.part.save(&s.url, None)?;
+            s.part.save(url, None)?;
             Ok(None)
         }
         Err(SegError::Fatal(e)) => {
@@ -242,9 +252,8 @@ enum Step {
     Body(reqwest::Response),
 }
 
-/// Stage 3b: the download on one connection, resumed with `Range` from the end of the part
-/// file until it holds the whole file. Also finishes what a multi-connection transfer left.
-struct SingleStream<'a> {
+/// The fixed inputs of one download, shared by its stages.
+struct Job<'a> {
     client: &'a reqwest::Client,
     cache: &'a Cache,
     part: &'a PartFile,
@@ -252,6 +261,12 @@ struct SingleStream<'a> {
     expect: &'a Expect,
     opts: &'a PrefetchOptions,
     progress: &'a FileProgress,
+}
+
+/// Stage 3b: the download on one connection, resumed with `Range` from the end of the part
+/// file until it holds the whole file. Also finishes what a multi-connection transfer left.
+struct SingleStream<'a> {
+    job: Job<'a>,
     url: ResolvedUrl,
     /// Hash of the part file's first `hashing.pos()` bytes.
     hashing: Hashing,
@@ -269,29 +284,14 @@ struct SingleStream<'a> {
 }
 
 impl<'a> SingleStream<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        client: &'a reqwest::Client,
-        cache: &'a Cache,
-        part: &'a PartFile,
-        resolver: Arc<dyn Resolver>,
-        expect: &'a Expect,
-        opts: &'a PrefetchOptions,
-        progress: &'a FileProgress,
-        url: ResolvedUrl,
-    ) -> Self {
+    fn new(job: Job<'a>, url: ResolvedUrl) -> Self {
+        let (autov3, size, opts) = (job.expect.autov3, job.expect.size, job.opts);
         SingleStream {
-            client,
-            cache,
-            part,
-            resolver,
-            expect,
-            opts,
-            progress,
+            job,
             url,
             // Forces a hash of whatever the part file already holds.
-            hashing: Hashing::stale(expect.autov3),
-            total: expect.size,
+            hashing: Hashing::stale(autov3),
+            total: size,
             disposition_name: None,
             transferred: 0,
             retry: Retry::new(opts),
@@ -304,22 +304,30 @@ impl<'a> SingleStream<'a> {
     /// Requests and streams until the part file holds `total` bytes, all hashed.
     async fn run(&mut self) -> Result<(), EntryError> {
         while self.hashing.pos() != self.total.unwrap_or(u64::MAX)
-            || self.part.len()? != self.hashing.pos()
+            || self.job.part.len()? != self.hashing.pos()
         {
-            let offset = self.part.len()?;
+            let offset = self.job.part.len()?;
             if self.total.is_some_and(|t| offset > t) {
-                self.part.truncate()?;
+                self.job.part.truncate()?;
                 continue;
             }
             if self.hashing.pos() != offset {
-                self.hashing = rehash_prefix(&self.part.path, offset, self.expect.autov3).await?;
+                self.hashing =
+                    rehash_prefix(&self.job.part.path, offset, self.job.expect.autov3).await?;
             }
-            self.progress.set_position(offset);
+            self.job.progress.set_position(offset);
             if self.total.is_some_and(|t| t == offset) && offset > 0 {
                 break;
             }
             self.attempts += 1;
-            if self.attempts > self.opts.max_retries.saturating_mul(4).saturating_add(8) {
+            if self.attempts
+                > self
+                    .job
+                    .opts
+                    .max_retries
+                    .saturating_mul(4)
+                    .saturating_add(8)
+            {
                 return Err(EntryError::Interrupted {
                     attempts: self.attempts - 1,
                     offset,
@@ -343,7 +351,7 @@ impl<'a> SingleStream<'a> {
     /// Sends one request from `offset` and sorts out the answer: a body to stream, a reason to
     /// ask again (after a pause, a truncation or a fresh URL), completion, or a final error.
     async fn request(&mut self, offset: u64) -> Result<Step, EntryError> {
-        let mut req = self.client.get(&self.url.url);
+        let mut req = self.job.client.get(&self.url.url);
         if offset > 0 {
             req = req.header(RANGE, format!("bytes={offset}-"));
         }
@@ -366,9 +374,9 @@ impl<'a> SingleStream<'a> {
         match status {
             StatusCode::PARTIAL_CONTENT => match http::content_range(&resp) {
                 Some((Some(start), t)) if start == offset => {
-                    if let (Some(t), Some(e)) = (t, self.expect.size) {
+                    if let (Some(t), Some(e)) = (t, self.job.expect.size) {
                         if t != e {
-                            self.part.discard();
+                            self.job.part.discard();
                             return Err(EntryError::SizeMismatch {
                                 expected: e,
                                 actual: t,
@@ -381,7 +389,7 @@ impl<'a> SingleStream<'a> {
                     tracing::warn!(
                         "server answered a different range than requested; restarting the file"
                     );
-                    self.part.truncate()?;
+                    self.job.part.truncate()?;
                     return Ok(Step::Retry);
                 }
             },
@@ -389,14 +397,14 @@ impl<'a> SingleStream<'a> {
                 if offset > 0 {
                     tracing::info!("server ignored Range; restarting the file from byte 0");
                     drop(resp);
-                    self.part.truncate()?;
+                    self.job.part.truncate()?;
                     // Ask again so the new body is written from the start of the empty file.
                     return Ok(Step::Retry);
                 }
                 if let Some(len) = resp.content_length() {
-                    if let Some(e) = self.expect.size {
+                    if let Some(e) = self.job.expect.size {
                         if len != e && !http::is_textual(&resp) {
-                            self.part.discard();
+                            self.job.part.discard();
                             return Err(EntryError::SizeMismatch {
                                 expected: e,
                                 actual: len,
@@ -411,17 +419,17 @@ impl<'a> SingleStream<'a> {
                 if t == Some(offset) && offset > 0 {
                     return Ok(Step::Done);
                 }
-                self.part.truncate()?;
+                self.job.part.truncate()?;
                 return Ok(Step::Retry);
             }
-            s if http::is_stale_url(s) && self.resolver.can_reresolve() && !self.reresolved => {
+            s if http::is_stale_url(s) && self.job.resolver.can_reresolve() && !self.reresolved => {
                 tracing::info!(
                     status = s.as_u16(),
                     "storage rejected the download URL (expired?); resolving a fresh one"
                 );
                 self.reresolved = true;
-                self.url = self.resolver.resolve().await?;
-                self.part.save(&self.url, None)?;
+                self.url = self.job.resolver.resolve().await?;
+                self.job.part.save(&self.url, None)?;
                 return Ok(Step::Retry);
             }
             StatusCode::NOT_FOUND => {
@@ -469,27 +477,33 @@ impl<'a> SingleStream<'a> {
     async fn receive(&mut self, resp: reqwest::Response, offset: u64) -> Result<bool, EntryError> {
         if offset == 0 && http::is_textual(&resp) {
             let e = http::textual_body_error(resp).await;
-            self.part.discard();
+            self.job.part.discard();
             return Err(e);
         }
         if let Some(name) = http::disposition_name(&resp) {
             self.disposition_name = Some(name);
         }
         if let Some(t) = self.total {
-            self.progress.set_total(t);
+            self.job.progress.set_total(t);
         }
-        self.progress
+        self.job
+            .progress
             .announce(self.total, offset, &http::host_of(&self.url.url));
 
         let head = if offset > 0 {
-            read_head(&self.part.path)
+            read_head(&self.job.part.path)
         } else {
             Vec::new()
         };
         let mut sniff = HeadSniffer::new(head, offset, self.total)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-        let hashing = std::mem::replace(&mut self.hashing, Hashing::stale(self.expect.autov3));
-        let writer = spawn_writer(self.part.path.clone(), hashing, self.opts.write_limit, rx);
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::stale(self.job.expect.autov3));
+        let writer = spawn_writer(
+            self.job.part.path.clone(),
+            hashing,
+            self.job.opts.write_limit,
+            rx,
+        );
         let mut resp = resp;
         let mut got = 0u64;
         let mut stream_error: Option<String> = None;
@@ -506,7 +520,7 @@ impl<'a> SingleStream<'a> {
                         break; // writer failed; its error is reported below
                     }
                     got += n;
-                    self.progress.inc(n);
+                    self.job.progress.inc(n);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -522,19 +536,19 @@ impl<'a> SingleStream<'a> {
         self.hashing = done.hashing;
         self.transferred += got;
         if let Some(e) = sniff_error {
-            self.part.discard();
+            self.job.part.discard();
             return Err(e);
         }
         if let Some(e) = done.error {
             if is_disk_full(&e) {
-                let available = fs4::available_space(self.cache.root()).unwrap_or(0);
+                let available = fs4::available_space(self.job.cache.root()).unwrap_or(0);
                 return Err(EntryError::DiskFull {
-                    path: self.part.path.clone(),
+                    path: self.job.part.path.clone(),
                     needed: self.total.unwrap_or(0),
                     available,
                 });
             }
-            return Err(EntryError::io("write", &self.part.path, e));
+            return Err(EntryError::io("write", &self.job.part.path, e));
         }
         let now_len = offset + got;
         let short = match stream_error {
