@@ -1,14 +1,15 @@
 //! Resumable, verified HTTP download of one file into its `.part` file in the cache.
 //!
-//! [`download`] runs the stages in order, each its own function below:
+//! `download` runs the stages in order, each its own function below:
 //!
-//! 1. [`start_url`]: reuse the URL saved beside the part file while it is valid, else resolve
+//! 1. `start_url`: reuse the URL saved beside the part file while it is valid, else resolve
 //!    a fresh one (and start the part file over if it was for other content);
-//! 2. [`segment_total`]: decide whether the file is large enough, and its size known, for
+//! 2. `segment_total`: decide whether the file is large enough, and its size known, for
 //!    several connections;
-//! 3. [`transfer_segmented`] (`segmented.rs`) or [`SingleStream`]: move the bytes, resuming
-//!    after dropped connections, busy servers and expired URLs;
-//! 4. [`verify`]: size, SHA-256 and format checks, then make the part file durable.
+//! 3. `transfer_segmented` (`segmented.rs`), then `SingleStream`: move the bytes, resuming
+//!    after dropped connections, busy servers and expired URLs (the single stream also
+//!    finishes whatever a multi-connection transfer left, or does all of it);
+//! 4. `verify`: size, SHA-256 and format checks, then make the part file durable.
 //!
 //! Locking the cache key, the free-space check and the commit into the cache are the caller's
 //! (`sources.rs`), because a cache hit must skip them all.
@@ -92,10 +93,7 @@ pub(crate) async fn download(
     if let Some(total) = segment_total(client, &stream.url, expect, opts).await {
         let saved = saved_segments.take();
         if let Some(done) = transfer_segmented(&stream.job, &stream.url, total, saved).await? {
-            stream.hashing = done.hashing;
-            stream.total = Some(total);
-            stream.disposition_name = done.disposition_name;
-            stream.transferred = done.transferred;
+            stream.continue_after(total, done);
         }
     }
     if let Some(segs) = saved_segments {
@@ -301,6 +299,15 @@ impl<'a> SingleStream<'a> {
         }
     }
 
+    /// Takes over the state of a finished multi-connection transfer, so `run` only confirms
+    /// the file is complete.
+    fn continue_after(&mut self, total: u64, done: segmented::SegDone) {
+        self.hashing = done.hashing;
+        self.total = Some(total);
+        self.disposition_name = done.disposition_name;
+        self.transferred = done.transferred;
+    }
+
     /// Requests and streams until the part file holds `total` bytes, all hashed.
     async fn run(&mut self) -> Result<(), EntryError> {
         while self.hashing.pos() != self.total.unwrap_or(u64::MAX)
@@ -432,24 +439,12 @@ impl<'a> SingleStream<'a> {
                 self.job.part.save(&self.url, None)?;
                 return Ok(Step::Retry);
             }
-            StatusCode::NOT_FOUND => {
-                return Err(EntryError::NotFound {
-                    what: format!("{} (HTTP 404)", redact_url_str(&self.url.url)),
-                })
-            }
             s if http::is_busy(s) => match http::on_busy(resp, &mut self.retry).await {
                 Busy::GiveUp {
                     status,
                     message,
                     attempts,
-                } => {
-                    return Err(EntryError::Unavailable {
-                        server: redact_url_str(&self.url.url),
-                        status: status.as_u16(),
-                        message,
-                        attempts,
-                    })
-                }
+                } => return Err(http::unavailable(&self.url.url, status, message, attempts)),
                 Busy::Wait { wait, .. } => {
                     tracing::warn!(
                         status = s.as_u16(),
@@ -460,13 +455,7 @@ impl<'a> SingleStream<'a> {
                     return Ok(Step::Retry);
                 }
             },
-            s => {
-                return Err(EntryError::Status {
-                    url: redact_url_str(&self.url.url),
-                    status: s.as_u16(),
-                    message: http::body_snippet(resp, 300).await,
-                });
-            }
+            _ => return Err(http::rejected(&self.url.url, resp).await),
         }
         Ok(Step::Body(resp))
     }

@@ -23,7 +23,7 @@ use reqwest::header::{RETRY_AFTER, USER_AGENT};
 use reqwest::{Response, StatusCode};
 
 use super::error::EntryError;
-use super::names::content_disposition_filename;
+use super::names::{content_disposition_filename, redact_url_str};
 use super::{FetchError, PrefetchOptions};
 
 /// Non-browser User-Agent sent to every host. Civitai answers browser-like agents with HTML
@@ -162,6 +162,37 @@ pub(crate) enum Busy {
         message: String,
         attempts: u32,
     },
+}
+
+/// The error for a storage host or plain URL that kept answering 429/5xx.
+pub(crate) fn unavailable(
+    url: &str,
+    status: StatusCode,
+    message: String,
+    attempts: u32,
+) -> EntryError {
+    EntryError::Unavailable {
+        server: redact_url_str(url),
+        status: status.as_u16(),
+        message,
+        attempts,
+    }
+}
+
+/// The error for a storage host or plain URL that answered a status the downloaders cannot
+/// work with: 404 names the missing file; anything else carries the body's first bytes.
+pub(crate) async fn rejected(url: &str, resp: Response) -> EntryError {
+    let status = resp.status();
+    if status == StatusCode::NOT_FOUND {
+        return EntryError::NotFound {
+            what: format!("{} (HTTP 404)", redact_url_str(url)),
+        };
+    }
+    EntryError::Status {
+        url: redact_url_str(url),
+        status: status.as_u16(),
+        message: body_snippet(resp, 300).await,
+    }
 }
 
 /// Counts a busy answer on `retry` and decides between waiting (honouring `Retry-After`) and

@@ -471,37 +471,22 @@ impl Conn {
                     }
                     continue;
                 }
-                StatusCode::NOT_FOUND => {
-                    return Err(SegError::Fatal(EntryError::NotFound {
-                        what: format!("{} (HTTP 404)", redact_url_str(&url)),
-                    }))
-                }
                 s if http::is_busy(s) => match http::on_busy(resp, &mut retry).await {
                     Busy::GiveUp {
                         status,
                         message,
                         attempts,
                     } => {
-                        return Err(SegError::Fatal(EntryError::Unavailable {
-                            server: redact_url_str(&url),
-                            status: status.as_u16(),
-                            message,
-                            attempts,
-                        }))
+                        return Err(SegError::Fatal(http::unavailable(
+                            &url, status, message, attempts,
+                        )))
                     }
                     Busy::Wait { wait, .. } => {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
                 },
-                s => {
-                    let message = http::body_snippet(resp, 300).await;
-                    return Err(SegError::Fatal(EntryError::Status {
-                        url: redact_url_str(&url),
-                        status: s.as_u16(),
-                        message,
-                    }));
-                }
+                _ => return Err(SegError::Fatal(http::rejected(&url, resp).await)),
             }
             if http::is_textual(&resp) {
                 return Err(SegError::Fatal(http::textual_body_error(resp).await));

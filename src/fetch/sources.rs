@@ -362,14 +362,7 @@ async fn fetch_hf(
         Some(progress.clone()),
     )
     .await?;
-    if let Some(pin) = &entry.sha256 {
-        if *pin != sha {
-            return Err(EntryError::HashMismatch {
-                expected: pin.clone(),
-                actual: sha,
-            });
-        }
-    }
+    check_pin(entry, &sha)?;
     let file_name = names::sanitize_file_name(file);
     let sidecar = Sidecar {
         sha256: sha.clone(),
@@ -394,6 +387,17 @@ async fn fetch_hf(
         transferred: size,
         cached: false,
     })
+}
+
+/// A `sha256` pinned in models.toml must match the file's hash.
+fn check_pin(entry: &ManifestEntry, sha: &str) -> Result<(), EntryError> {
+    match &entry.sha256 {
+        Some(pin) if pin != sha => Err(EntryError::HashMismatch {
+            expected: pin.clone(),
+            actual: sha.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Local files are used in place; their hash is remembered by (path, size, mtime) so a restart
@@ -452,14 +456,7 @@ async fn fetch_path(
     } else {
         (sha, autov3, size)
     };
-    if let Some(pin) = &entry.sha256 {
-        if *pin != sha {
-            return Err(EntryError::HashMismatch {
-                expected: pin.clone(),
-                actual: sha,
-            });
-        }
-    }
+    check_pin(entry, &sha)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
