@@ -444,7 +444,14 @@ impl<'a> SingleStream<'a> {
                     status,
                     message,
                     attempts,
-                } => return Err(http::unavailable(&self.url.url, status, message, attempts)),
+                } => {
+                    return Err(EntryError::unavailable(
+                        &self.url.url,
+                        status,
+                        message,
+                        attempts,
+                    ))
+                }
                 Busy::Wait { wait, .. } => {
                     tracing::warn!(
                         status = s.as_u16(),
@@ -455,7 +462,7 @@ impl<'a> SingleStream<'a> {
                     return Ok(Step::Retry);
                 }
             },
-            _ => return Err(http::rejected(&self.url.url, resp).await),
+            _ => return Err(EntryError::rejected(&self.url.url, resp).await),
         }
         Ok(Step::Body(resp))
     }
@@ -465,7 +472,7 @@ impl<'a> SingleStream<'a> {
     /// body ended normally.
     async fn receive(&mut self, resp: reqwest::Response, offset: u64) -> Result<bool, EntryError> {
         if offset == 0 && http::is_textual(&resp) {
-            let e = http::textual_body_error(resp).await;
+            let e = EntryError::textual_body(resp).await;
             self.job.part.discard();
             return Err(e);
         }

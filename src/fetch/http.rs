@@ -10,11 +10,12 @@
 //!   from `retry_base`, or the server's `Retry-After`, capped at `retry_max`. 429 and 5xx
 //!   ([`is_busy`]) and dropped connections are retried; other 4xx are not.
 //! - **Wrong bodies**: storage and Civitai sometimes answer a model download with an HTML login
-//!   page or a JSON error. [`is_textual`] is the one test on `Content-Type`;
-//!   [`textual_body_error`] turns such a response into [`EntryError::NotAModel`]. The byte-level
-//!   check of the file itself is `verify::sniff_safetensors`.
+//!   page or a JSON error. [`is_textual`] is the one test on `Content-Type`
+//!   (`EntryError::textual_body` words the error). The byte-level check of the file itself is
+//!   `verify::sniff_safetensors`.
 //! - **Messages**: [`net_message`] and [`body_snippet`] shape what a failed request says,
-//!   without the URL (a presigned URL carries a signature).
+//!   without the URL (a presigned URL carries a signature). This module builds no
+//!   `EntryError` itself, so `error.rs` can use it without an import loop.
 
 use std::time::Duration;
 
@@ -22,8 +23,7 @@ use reqwest::header::{HeaderMap, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYP
 use reqwest::header::{RETRY_AFTER, USER_AGENT};
 use reqwest::{Response, StatusCode};
 
-use super::error::EntryError;
-use super::names::{content_disposition_filename, redact_url_str};
+use super::names::content_disposition_filename;
 use super::{FetchError, PrefetchOptions};
 
 /// Non-browser User-Agent sent to every host. Civitai answers browser-like agents with HTML
@@ -164,37 +164,6 @@ pub(crate) enum Busy {
     },
 }
 
-/// The error for a storage host or plain URL that kept answering 429/5xx.
-pub(crate) fn unavailable(
-    url: &str,
-    status: StatusCode,
-    message: String,
-    attempts: u32,
-) -> EntryError {
-    EntryError::Unavailable {
-        server: redact_url_str(url),
-        status: status.as_u16(),
-        message,
-        attempts,
-    }
-}
-
-/// The error for a storage host or plain URL that answered a status the downloaders cannot
-/// work with: 404 names the missing file; anything else carries the body's first bytes.
-pub(crate) async fn rejected(url: &str, resp: Response) -> EntryError {
-    let status = resp.status();
-    if status == StatusCode::NOT_FOUND {
-        return EntryError::NotFound {
-            what: format!("{} (HTTP 404)", redact_url_str(url)),
-        };
-    }
-    EntryError::Status {
-        url: redact_url_str(url),
-        status: status.as_u16(),
-        message: body_snippet(resp, 300).await,
-    }
-}
-
 /// Counts a busy answer on `retry` and decides between waiting (honouring `Retry-After`) and
 /// giving up; the body is read only when giving up, for the error message.
 pub(crate) async fn on_busy(resp: Response, retry: &mut Retry) -> Busy {
@@ -224,17 +193,6 @@ pub(crate) fn content_type(resp: &Response) -> &str {
 pub(crate) fn is_textual(resp: &Response) -> bool {
     let ct = content_type(resp).to_ascii_lowercase();
     ct.starts_with("text/") || ct.starts_with("application/json")
-}
-
-/// The error for a download answered with a textual document (see [`is_textual`]): its
-/// content type and first bytes, so the log shows what the server said.
-pub(crate) async fn textual_body_error(resp: Response) -> EntryError {
-    let ct = content_type(&resp).to_string();
-    let snippet = body_snippet(resp, 200).await;
-    EntryError::NotAModel {
-        what: format!("a {ct} document"),
-        snippet,
-    }
 }
 
 /// Reads up to `max` bytes of a body for an error message.

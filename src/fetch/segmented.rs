@@ -477,7 +477,7 @@ impl Conn {
                         message,
                         attempts,
                     } => {
-                        return Err(SegError::Fatal(http::unavailable(
+                        return Err(SegError::Fatal(EntryError::unavailable(
                             &url, status, message, attempts,
                         )))
                     }
@@ -486,10 +486,10 @@ impl Conn {
                         continue;
                     }
                 },
-                _ => return Err(SegError::Fatal(http::rejected(&url, resp).await)),
+                _ => return Err(SegError::Fatal(EntryError::rejected(&url, resp).await)),
             }
             if http::is_textual(&resp) {
-                return Err(SegError::Fatal(http::textual_body_error(resp).await));
+                return Err(SegError::Fatal(EntryError::textual_body(resp).await));
             }
             if let Some(name) = http::disposition_name(&resp) {
                 lock(&shared.disposition).get_or_insert(name);
