@@ -4,7 +4,7 @@
 //! has on disk.
 
 use std::io::Seek;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +133,8 @@ impl PartFile {
 
     /// Deletes the part file and its state: what is there can never become the expected file.
     pub(crate) fn discard(&self) {
-        discard_files(&self.path, &self.state_path);
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.state_path);
     }
 
     /// Makes the verified part file durable and forgets its state, before it is renamed into
@@ -150,9 +151,4 @@ impl PartFile {
         let _ = std::fs::remove_file(&self.state_path);
         Ok(())
     }
-}
-
-fn discard_files(part: &Path, state: &Path) {
-    let _ = std::fs::remove_file(part);
-    let _ = std::fs::remove_file(state);
 }
