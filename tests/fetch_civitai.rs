@@ -160,12 +160,7 @@ async fn resumes_after_connection_drops_at_several_offsets() {
             std::fs::read(&got.models[0].path).unwrap().len() as u64,
             len
         );
-        let storage: Vec<_> = mock
-            .state
-            .seen()
-            .into_iter()
-            .filter(|s| s.host == "storage")
-            .collect();
+        let storage = mock.state.storage_requests();
         assert_eq!(storage.len(), 2, "offset {offset}: {storage:?}");
         assert_eq!(storage[0].range, None);
         assert_eq!(
@@ -194,10 +189,7 @@ async fn restarted_worker_resumes_part_file_with_saved_url() {
     mock.state.drop_at.lock().unwrap().extend([half, half]);
     let mut no_retry = opts();
     no_retry.max_retries = 0;
-    let e = prefetch_with(&args(&mock, &cache), &m, &no_retry)
-        .await
-        .unwrap_err();
-    let e = entry_error(e);
+    let e = prefetch_err(&args(&mock, &cache), &m, &no_retry).await;
     assert!(
         matches!(e, EntryError::Interrupted { offset, .. } if offset == half),
         "{e:?}"
@@ -246,12 +238,7 @@ async fn expired_storage_url_on_resume_is_re_resolved() {
         .await
         .unwrap();
     assert_eq!(got.models[0].sha256, content.sha256());
-    let storage: Vec<_> = mock
-        .state
-        .seen()
-        .into_iter()
-        .filter(|s| s.host == "storage")
-        .collect();
+    let storage = mock.state.storage_requests();
     let statuses: Vec<u16> = storage.iter().map(|s| s.status).collect();
     assert_eq!(statuses, vec![200, 403, 206], "{storage:?}");
     assert_eq!(
@@ -269,10 +256,8 @@ async fn sha_mismatch_is_rejected_and_not_cached() {
     mock.state.add(v);
     let cache = dir.path().join("c");
     let m = manifest(dir.path(), "[[checkpoint]]\ncivitai = 128078\n");
-    let e = prefetch_with(&args(&mock, &cache), &m, &opts())
-        .await
-        .unwrap_err();
-    assert!(matches!(entry_error(e), EntryError::HashMismatch { .. }));
+    let e = prefetch_err(&args(&mock, &cache), &m, &opts()).await;
+    assert!(matches!(e, EntryError::HashMismatch { .. }));
     assert!(blobs(&cache).is_empty());
     assert_eq!(std::fs::read_dir(cache.join("partial")).unwrap().count(), 0);
 
@@ -286,10 +271,8 @@ async fn sha_mismatch_is_rejected_and_not_cached() {
             "cd".repeat(32)
         ),
     );
-    let e = prefetch_with(&args(&mock, &cache), &m, &opts())
-        .await
-        .unwrap_err();
-    assert!(matches!(entry_error(e), EntryError::PinMismatch { .. }));
+    let e = prefetch_err(&args(&mock, &cache), &m, &opts()).await;
+    assert!(matches!(e, EntryError::PinMismatch { .. }));
     assert_eq!(mock.state.count("storage", "/"), before);
 }
 
@@ -331,10 +314,7 @@ async fn non_model_bodies_are_never_saved() {
         edit(&mut v);
         mock.state.add(v);
         let cache = dir.path().join(name);
-        let e = prefetch_with(&args(&mock, &cache), &m, &opts())
-            .await
-            .unwrap_err();
-        let err = entry_error(e);
+        let err = prefetch_err(&args(&mock, &cache), &m, &opts()).await;
         match name {
             "wrong-variant" => assert!(
                 matches!(err, EntryError::SizeMismatch { .. }),
@@ -361,12 +341,12 @@ async fn civitai_error_statuses_become_clear_messages() {
     // 401: no token.
     let mut a = args(&mock, &cache);
     a.civitai_token = None;
-    let e = entry_error(prefetch_with(&a, &m, &opts()).await.unwrap_err());
+    let e = prefetch_err(&a, &m, &opts()).await;
     assert!(matches!(e, EntryError::TokenMissing { .. }), "{e}");
     assert!(e.to_string().contains("CIVITAI_TOKEN"), "{e}");
     // 401: wrong token.
     a.civitai_token = Some(SecretString::new("ffffffffffffffffffffffffffffffff"));
-    let e = entry_error(prefetch_with(&a, &m, &opts()).await.unwrap_err());
+    let e = prefetch_err(&a, &m, &opts()).await;
     assert!(matches!(e, EntryError::TokenRejected { .. }), "{e}");
     assert!(!e.to_string().contains("ffffffff"), "{e}");
 
@@ -393,11 +373,7 @@ async fn civitai_error_statuses_become_clear_messages() {
     }
     // Version 404 from the metadata endpoint.
     let m404 = manifest(dir.path(), "[[checkpoint]]\ncivitai = 999\n");
-    let e = entry_error(
-        prefetch_with(&args(&mock, &cache), &m404, &opts())
-            .await
-            .unwrap_err(),
-    );
+    let e = prefetch_err(&args(&mock, &cache), &m404, &opts()).await;
     assert!(e.to_string().contains("model version 999"), "{e}");
     assert!(blobs(&cache).is_empty());
 }
@@ -491,11 +467,7 @@ async fn disk_full_is_reported_and_leaves_nothing_named_complete() {
     // Simulated: writes fail with StorageFull (ENOSPC's portable kind) past 100 KB.
     let mut limited = opts();
     limited.write_limit = Some(100_000);
-    let e = entry_error(
-        prefetch_with(&args(&mock, &cache), &m, &limited)
-            .await
-            .unwrap_err(),
-    );
+    let e = prefetch_err(&args(&mock, &cache), &m, &limited).await;
     assert!(matches!(e, EntryError::DiskFull { .. }), "{e}");
     assert!(e.to_string().contains("disk full"), "{e}");
     assert!(blobs(&cache).is_empty());
@@ -505,11 +477,7 @@ async fn disk_full_is_reported_and_leaves_nothing_named_complete() {
     v.files[0].listed_size = Some(1 << 50);
     mock.state.add(v);
     let before = mock.state.count("storage", "/");
-    let e = entry_error(
-        prefetch_with(&args(&mock, &dir.path().join("d")), &m, &opts())
-            .await
-            .unwrap_err(),
-    );
+    let e = prefetch_err(&args(&mock, &dir.path().join("d")), &m, &opts()).await;
     assert!(matches!(e, EntryError::DiskFull { .. }), "{e}");
     assert_eq!(mock.state.count("storage", "/"), before);
 }
@@ -596,7 +564,7 @@ async fn local_path_source_is_hashed_and_pin_checked() {
             "0".repeat(64)
         ),
     );
-    let e = entry_error(prefetch_with(&a, &m, &opts()).await.unwrap_err());
+    let e = prefetch_err(&a, &m, &opts()).await;
     assert!(matches!(e, EntryError::HashMismatch { .. }), "{e}");
 }
 

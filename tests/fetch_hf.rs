@@ -65,7 +65,7 @@ async fn hugging_face_files_are_fetched_verified_and_linked() {
             "1".repeat(64)
         ),
     );
-    let e = entry_error(prefetch_with(&a, &m, &opts()).await.unwrap_err());
+    let e = prefetch_err(&a, &m, &opts()).await;
     assert!(matches!(e, EntryError::HashMismatch { .. }), "{e}");
 
     // Missing file: a clear error naming the repository and file.

@@ -98,10 +98,8 @@ async fn restarted_worker_resumes_every_range() {
     let cache = dir.path().join("c");
     let mut first = multi_opts(4);
     first.max_retries = 0;
-    let e = prefetch_with(&args(&mock, &cache), &m, &first)
-        .await
-        .unwrap_err();
-    assert!(matches!(entry_error(e), EntryError::Interrupted { .. }));
+    let e = prefetch_err(&args(&mock, &cache), &m, &first).await;
+    assert!(matches!(e, EntryError::Interrupted { .. }));
     assert!(blobs(&cache).is_empty());
     let state = std::fs::read_dir(cache.join("partial"))
         .unwrap()
@@ -136,11 +134,7 @@ async fn wrong_bodies_and_mismatches_are_rejected_in_range_mode() {
     v.files[0].listed_sha = Some("AB".repeat(32));
     mock.state.add(v);
     let cache = dir.path().join("sha");
-    let e = entry_error(
-        prefetch_with(&args(&mock, &cache), &m, &multi_opts(4))
-            .await
-            .unwrap_err(),
-    );
+    let e = prefetch_err(&args(&mock, &cache), &m, &multi_opts(4)).await;
     assert!(matches!(e, EntryError::HashMismatch { .. }), "{e}");
     assert!(blobs(&cache).is_empty());
     assert_eq!(std::fs::read_dir(cache.join("partial")).unwrap().count(), 0);
@@ -151,11 +145,7 @@ async fn wrong_bodies_and_mismatches_are_rejected_in_range_mode() {
     v.files[0].served = Some(Content::Bytes(page.into()));
     mock.state.add(v);
     let cache = dir.path().join("html");
-    let e = entry_error(
-        prefetch_with(&args(&mock, &cache), &m, &multi_opts(4))
-            .await
-            .unwrap_err(),
-    );
+    let e = prefetch_err(&args(&mock, &cache), &m, &multi_opts(4)).await;
     assert!(matches!(e, EntryError::NotAModel { .. }), "{e}");
     assert!(blobs(&cache).is_empty());
 
@@ -164,11 +154,7 @@ async fn wrong_bodies_and_mismatches_are_rejected_in_range_mode() {
     let mut limited = multi_opts(4);
     limited.write_limit = Some(50_000);
     let cache = dir.path().join("full");
-    let e = entry_error(
-        prefetch_with(&args(&mock, &cache), &m, &limited)
-            .await
-            .unwrap_err(),
-    );
+    let e = prefetch_err(&args(&mock, &cache), &m, &limited).await;
     assert!(matches!(e, EntryError::DiskFull { .. }), "{e}");
     assert!(blobs(&cache).is_empty());
 }

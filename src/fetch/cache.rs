@@ -271,6 +271,19 @@ pub struct IndexRecord {
     pub autov3: Option<String>,
 }
 
+impl IndexRecord {
+    /// The record of a downloaded (or Hugging Face) file: its hash, size and display name.
+    pub fn downloaded(sha256: &str, size: u64, file_name: &str) -> Self {
+        IndexRecord {
+            sha256: sha256.to_string(),
+            size,
+            mtime_ns: None,
+            file_name: Some(file_name.to_string()),
+            autov3: None,
+        }
+    }
+}
+
 /// A stable short key for a source identity (hex of SHA-256 of the text).
 pub fn key_for(identity: &str) -> String {
     use sha2::Digest;

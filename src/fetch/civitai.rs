@@ -1,4 +1,6 @@
-//! Civitai client: version metadata, file choice, and download resolution (spec §1.2, §2).
+//! Civitai client: version metadata, file choice, and download resolution. The API's
+//! behaviour this relies on is described in docs/civitai.md (*Version metadata*, *Choosing a
+//! file*, *Download redirect*, *Tokens*).
 //!
 //! Redirects are never followed automatically here: the download endpoint answers 307 to a
 //! presigned storage URL, and our `Authorization: Bearer` header must reach Civitai only (R2/B2
@@ -6,21 +8,20 @@
 //! downloader with a client that never has credentials.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, LOCATION, USER_AGENT};
+use reqwest::header::LOCATION;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::cache::now_unix;
-use super::download::{body_snippet, presigned_expiry, retry_after, ResolvedUrl, Resolver};
-use super::error::{net_message, EntryError};
+use super::error::EntryError;
+use super::http::{self, body_snippet, net_message, Busy, Retry};
 use super::manifest::FileChoice;
+use super::resolve::{presigned_expiry, ResolvedUrl, Resolver};
 use super::{PrefetchOptions, SecretString};
 
-/// Non-browser User-Agent: Civitai answers browser UAs with HTML redirects instead of JSON
-/// errors, and Cloudflare blocks some default library UAs (spec §2.1, §6.3 #5).
-pub const USER_AGENT_VALUE: &str = concat!("sdxl-worker/", env!("CARGO_PKG_VERSION"));
+/// The User-Agent sent to Civitai (and every other host); see docs/civitai.md, *User agent*.
+pub use super::http::USER_AGENT_VALUE;
 
 /// `GET /api/v1/model-versions/{id}`, tolerant of Civitai's shifting shapes (unknown fields
 /// ignored, nulls accepted).
@@ -87,7 +88,8 @@ pub struct FileMeta {
 }
 
 impl FileInfo {
-    /// Approximate byte count: `sizeKB` is bytes / 1024 as a float (spec §1.3).
+    /// Approximate byte count: `sizeKB` is bytes / 1024 as a float (see docs/civitai.md,
+    /// *Size fields*).
     pub fn approx_size_bytes(&self) -> Option<u64> {
         self.size_kb
             .filter(|k| k.is_finite() && *k > 0.0)
@@ -314,69 +316,59 @@ impl CivitaiClient {
     }
 
     fn request(&self, url: &str) -> reqwest::RequestBuilder {
-        let req = self.http.get(url).header(USER_AGENT, USER_AGENT_VALUE);
+        let req = http::get(&self.http, url);
         match &self.token {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
         }
     }
 
-    /// Sends with backoff on network errors, 5xx and (for metadata) 429.
+    /// Sends with backoff on network errors, 5xx and 429 (see [`http::Retry`]). A 429 that
+    /// outlasts the retries is Civitai's download quota (see docs/civitai.md, *Rate limits*).
     async fn send(&self, url: &str, what: &str) -> Result<reqwest::Response, EntryError> {
-        let mut attempt = 0u32;
+        let mut retry = Retry::new(&self.opts);
         loop {
-            attempt += 1;
-            let wait;
             match self.request(url).send().await {
-                Ok(r)
-                    if r.status() == StatusCode::TOO_MANY_REQUESTS
-                        || r.status().is_server_error() =>
-                {
-                    let status = r.status();
-                    wait = self.backoff(attempt, retry_after(r.headers()));
-                    if attempt > self.opts.max_retries {
-                        let text = body_snippet(r, 300).await;
-                        let message = parse_error_body(&text).text();
+                Ok(r) if http::is_busy(r.status()) => match http::on_busy(r, &mut retry).await {
+                    Busy::GiveUp {
+                        status,
+                        message,
+                        attempts,
+                    } => {
+                        let message = parse_error_body(&message).text();
                         if status == StatusCode::TOO_MANY_REQUESTS {
-                            return Err(EntryError::Quota {
-                                message,
-                                attempts: attempt,
-                            });
+                            return Err(EntryError::Quota { message, attempts });
                         }
                         return Err(EntryError::Unavailable {
                             server: format!("Civitai ({what})"),
                             status: status.as_u16(),
                             message,
-                            attempts: attempt,
+                            attempts,
                         });
                     }
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        wait_ms = wait.as_millis() as u64,
-                        "Civitai {what}: backing off"
-                    );
-                }
+                    Busy::Wait { status, wait } => {
+                        tracing::warn!(
+                            status = status.as_u16(),
+                            wait_ms = wait.as_millis() as u64,
+                            "Civitai {what}: backing off"
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                },
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     let message = net_message(e);
-                    if attempt > self.opts.max_retries {
+                    if retry.fail() {
                         return Err(EntryError::Network {
                             url: format!("Civitai ({what})"),
                             message,
                         });
                     }
-                    wait = self.backoff(attempt, None);
                     tracing::warn!(error = %message, "Civitai {what}: request failed; retrying");
+                    retry.pause(None).await;
                 }
             }
-            tokio::time::sleep(wait).await;
         }
-    }
-
-    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        retry_after
-            .unwrap_or_else(|| self.opts.retry_base.saturating_mul(1 << attempt.min(10)))
-            .min(self.opts.retry_max)
     }
 
     /// `GET /api/v1/model-versions/{id}`.
@@ -384,12 +376,7 @@ impl CivitaiClient {
         let url = self.endpoint(&format!("/api/v1/model-versions/{id}"));
         let resp = self.send(&url, "version metadata").await?;
         let status = resp.status();
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let ct = http::content_type(&resp).to_ascii_lowercase();
         let body = resp.text().await.map_err(|e| EntryError::Network {
             url: "Civitai (version metadata)".into(),
             message: net_message(e),
@@ -439,13 +426,7 @@ impl CivitaiClient {
         let url = self.endpoint(&format!(
             "/api/download/models/{version_id}?fileId={file_id}"
         ));
-        let resp = self.send(&url, "download").await;
-        let resp = match resp {
-            Err(EntryError::Quota { message, attempts }) => {
-                return Err(EntryError::Quota { message, attempts })
-            }
-            other => other?,
-        };
+        let resp = self.send(&url, "download").await?;
         let status = resp.status();
         if status.is_redirection() {
             let location = resp

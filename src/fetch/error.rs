@@ -4,7 +4,11 @@
 
 use std::path::PathBuf;
 
+use reqwest::{Response, StatusCode};
 use thiserror::Error;
+
+use super::http::{body_snippet, content_type};
+use super::names::redact_url_str;
 
 const TOKEN_HELP: &str = "create an API key at https://civitai.com/user/account (API Keys) and set it in the CIVITAI_TOKEN environment variable (or --civitai-token)";
 
@@ -122,6 +126,48 @@ impl EntryError {
         }
     }
 
+    /// A download answered with a textual document (see `http::is_textual`): its content type
+    /// and first bytes, so the log shows what the server said.
+    pub(crate) async fn textual_body(resp: Response) -> Self {
+        let ct = content_type(&resp).to_string();
+        let snippet = body_snippet(resp, 200).await;
+        EntryError::NotAModel {
+            what: format!("a {ct} document"),
+            snippet,
+        }
+    }
+
+    /// A storage host or plain URL that kept answering 429/5xx.
+    pub(crate) fn unavailable(
+        url: &str,
+        status: StatusCode,
+        message: String,
+        attempts: u32,
+    ) -> Self {
+        EntryError::Unavailable {
+            server: redact_url_str(url),
+            status: status.as_u16(),
+            message,
+            attempts,
+        }
+    }
+
+    /// A storage host or plain URL that answered a status the downloaders cannot work with:
+    /// 404 names the missing file; anything else carries the body's first bytes.
+    pub(crate) async fn rejected(url: &str, resp: Response) -> Self {
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return EntryError::NotFound {
+                what: format!("{} (HTTP 404)", redact_url_str(url)),
+            };
+        }
+        EntryError::Status {
+            url: redact_url_str(url),
+            status: status.as_u16(),
+            message: body_snippet(resp, 300).await,
+        }
+    }
+
     /// Transient failures worth retrying with backoff.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -138,15 +184,6 @@ pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
-/// Text of a reqwest error without the URL (it may carry a presigned signature).
-pub(crate) fn net_message(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
+/// Network error text without the URL; it lives with the rest of the HTTP policy and is
+/// re-exported here for the image-input fetcher.
+pub(crate) use super::http::net_message;

@@ -10,11 +10,15 @@ pub mod civitai;
 pub mod download;
 pub mod error;
 pub(crate) mod hf;
+pub(crate) mod http;
 pub mod manifest;
 pub mod names;
+mod part;
 pub mod progress;
+pub mod resolve;
 pub(crate) mod segmented;
 mod sources;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -297,29 +301,6 @@ fn format_failures(f: &[EntryFailure]) -> String {
     s
 }
 
-/// Builds the two HTTP clients: one for Civitai's API that never follows redirects (so the
-/// bearer token cannot travel to storage), one for storage/URLs that never carries credentials.
-fn clients() -> Result<(reqwest::Client, reqwest::Client), FetchError> {
-    let api = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(civitai::USER_AGENT_VALUE)
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| FetchError::Client(e.to_string()))?;
-    // HTTP/1.1 only: range requests must travel on separate TCP connections to add bandwidth;
-    // over HTTP/2 they would share one connection's window.
-    let data = reqwest::Client::builder()
-        .http1_only()
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .user_agent(civitai::USER_AGENT_VALUE)
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| FetchError::Client(e.to_string()))?;
-    Ok((api, data))
-}
-
 /// Makes every manifest entry available locally; see [`prefetch_with`].
 pub async fn prefetch(args: &FetchArgs, manifest: &Manifest) -> Result<ResolvedModels, FetchError> {
     prefetch_with(args, manifest, &PrefetchOptions::from_args(args)).await
@@ -344,7 +325,7 @@ async fn prefetch_inner(
 ) -> Result<ResolvedModels, FetchError> {
     let started = Instant::now();
     let cache = Cache::open(args.cache_dir()).map_err(FetchError::Cache)?;
-    let (api, data) = clients()?;
+    let http::Clients { api, data } = http::clients()?;
     let ctx = Arc::new(Ctx {
         cache,
         civitai: CivitaiClient::new(

@@ -9,41 +9,23 @@
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::header::RANGE;
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
 
-use super::download::{
-    body_snippet, parse_content_range, retry_after, sniff_safetensors, Hashing, ResolvedUrl,
-    Resolver,
-};
-use super::error::{is_disk_full, net_message, EntryError};
-use super::names::{content_disposition_filename, redact_url_str};
+use super::error::{is_disk_full, EntryError};
+use super::http::{self, Busy, Retry};
+use super::names::redact_url_str;
+use super::part::{contiguous_prefix, PartFile, Seg};
 use super::progress::FileProgress;
+use super::resolve::{ResolvedUrl, Resolver};
+use super::verify::{sniff_safetensors, Hashing};
 use super::PrefetchOptions;
-
-/// One byte range `[start, end)` of the file; `done` bytes from `start` are on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Seg {
-    pub start: u64,
-    pub end: u64,
-    pub done: u64,
-}
-
-impl Seg {
-    fn next(&self) -> u64 {
-        self.start + self.done
-    }
-    fn remaining(&self) -> u64 {
-        self.end - self.next()
-    }
-}
 
 /// Why the segmented path stopped.
 pub(crate) enum SegError {
@@ -105,21 +87,6 @@ pub(crate) fn valid(segs: &[Seg], total: u64) -> bool {
     at == total
 }
 
-/// Bytes from 0 that are all on disk.
-pub(crate) fn contiguous_prefix(segs: &[Seg]) -> u64 {
-    let mut at = 0;
-    for s in segs {
-        if s.start != at {
-            break;
-        }
-        at = s.next();
-        if s.remaining() > 0 {
-            break;
-        }
-    }
-    at
-}
-
 struct Shared {
     segs: Mutex<Vec<Seg>>,
     queue: Mutex<VecDeque<usize>>,
@@ -133,28 +100,39 @@ struct Shared {
 
 type Chunk = (usize, u64, Bytes);
 
-/// Persists the URL and range progress beside the part file.
-pub(crate) type SaveState<'a> =
-    dyn Fn(&ResolvedUrl, Option<&[Seg]>) -> Result<(), EntryError> + Sync + 'a;
+/// One file to download over several connections.
+pub(crate) struct Job<'a> {
+    pub client: &'a reqwest::Client,
+    pub resolver: Arc<dyn Resolver>,
+    /// Where the bytes go, and where the URL and range progress are saved for resume.
+    pub part: &'a PartFile,
+    /// Exact file size.
+    pub total: u64,
+    pub want_v3: bool,
+    pub opts: &'a PrefetchOptions,
+    pub progress: &'a FileProgress,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs the download. `save` persists (url, ranges) for resume.
-#[allow(clippy::too_many_arguments)]
+/// Runs the download from `url`, continuing the `saved` ranges when they fit the part file.
 pub(crate) async fn run(
-    client: &reqwest::Client,
-    resolver: Arc<dyn Resolver>,
+    job: &Job<'_>,
     url: ResolvedUrl,
-    part: &Path,
-    total: u64,
     saved: Option<Vec<Seg>>,
-    want_v3: bool,
-    opts: &PrefetchOptions,
-    progress: &FileProgress,
-    save: &SaveState<'_>,
 ) -> Result<SegDone, SegError> {
+    let Job {
+        client,
+        ref resolver,
+        part: part_file,
+        total,
+        want_v3,
+        opts,
+        progress,
+    } = *job;
+    let part = part_file.path.as_path();
     let existing = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let start_segs = match saved {
         Some(s) if valid(&s, total) && existing == total => s,
@@ -175,15 +153,11 @@ pub(crate) async fn run(
         .map_err(|e| EntryError::io("open", part, e))?;
     file.set_len(total)
         .map_err(|e| EntryError::io("preallocate", part, e))?;
-    save(&url, Some(&segs))?;
+    part_file.save(&url, Some(&segs))?;
     let already: u64 = segs.iter().map(|s| s.done).sum();
     progress.set_total(total);
     progress.set_position(already);
-    let host = url::Url::parse(&url.url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_string))
-        .unwrap_or_default();
-    progress.announce(Some(total), already, &host);
+    progress.announce(Some(total), already, &http::host_of(&url.url));
     tracing::debug!(
         ranges = segs.len(),
         connections = opts.connections,
@@ -216,30 +190,25 @@ pub(crate) async fn run(
     }
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(256);
-    let writer = spawn_writer(
-        file,
-        shared.clone(),
-        rx,
-        opts.write_limit,
-        part.to_path_buf(),
-    );
+    let writer = spawn_writer(file, shared.clone(), rx, opts.write_limit);
     let hasher = spawn_hasher(part.to_path_buf(), shared.clone(), total, want_v3);
 
     let mut set = tokio::task::JoinSet::new();
     let workers = opts.connections.min(lock(&shared.queue).len()).max(1);
     for _ in 0..workers {
-        set.spawn(worker(
-            shared.clone(),
-            client.clone(),
-            resolver.clone(),
-            tx.clone(),
-            opts.clone(),
+        let conn = Conn {
+            shared: shared.clone(),
+            client: client.clone(),
+            resolver: resolver.clone(),
+            tx: tx.clone(),
+            opts: opts.clone(),
             total,
-            progress.clone(),
-        ));
+            progress: progress.clone(),
+        };
+        set.spawn(conn.work());
     }
     drop(tx);
-    let result = drive(&mut set, &shared, save).await;
+    let result = drive(&mut set, &shared, part_file).await;
     if result.is_err() {
         shared.abort.store(true, Ordering::SeqCst);
         set.abort_all();
@@ -252,7 +221,7 @@ pub(crate) async fn run(
     {
         let (u, _) = &*shared.url.lock().await;
         let segs = lock(&shared.segs).clone();
-        save(u, Some(&segs))?;
+        part_file.save(u, Some(&segs))?;
     }
     if let Err(e) = write_result {
         shared.abort.store(true, Ordering::SeqCst);
@@ -288,7 +257,7 @@ pub(crate) async fn run(
 async fn drive(
     set: &mut tokio::task::JoinSet<Result<(), SegError>>,
     shared: &Arc<Shared>,
-    save: &SaveState<'_>,
+    part: &PartFile,
 ) -> Result<(), SegError> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
@@ -307,7 +276,7 @@ async fn drive(
             _ = tick.tick() => {
                 let segs = lock(&shared.segs).clone();
                 let (u, _) = &*shared.url.lock().await;
-                save(u, Some(&segs))?;
+                part.save(u, Some(&segs))?;
             }
         }
     }
@@ -318,7 +287,6 @@ fn spawn_writer(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::Receiver<Chunk>,
     limit: Option<u64>,
-    _part: PathBuf,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     tokio::task::spawn_blocking(move || {
         let mut written: u64 = lock(&shared.segs).iter().map(|s| s.done).sum();
@@ -393,25 +361,8 @@ fn spawn_hasher(
     })
 }
 
-fn is_textual(resp: &reqwest::Response) -> bool {
-    resp.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            let ct = ct.to_ascii_lowercase();
-            ct.starts_with("text/") || ct.starts_with("application/json")
-        })
-        .unwrap_or(false)
-}
-
-fn backoff(opts: &PrefetchOptions, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    retry_after
-        .unwrap_or_else(|| opts.retry_base.saturating_mul(1u32 << attempt.min(10)))
-        .min(opts.retry_max)
-}
-
-/// Downloads ranges from the shared queue until it is empty.
-async fn worker(
+/// One connection: takes ranges from the shared queue and downloads them until it is empty.
+struct Conn {
     shared: Arc<Shared>,
     client: reqwest::Client,
     resolver: Arc<dyn Resolver>,
@@ -419,72 +370,66 @@ async fn worker(
     opts: PrefetchOptions,
     total: u64,
     progress: FileProgress,
-) -> Result<(), SegError> {
-    loop {
-        let idx = match lock(&shared.queue).pop_front() {
-            Some(i) => i,
-            None => return Ok(()),
-        };
-        fetch_range(
-            &shared, &client, &resolver, &tx, &opts, total, &progress, idx,
-        )
-        .await?;
-    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fetch_range(
-    shared: &Arc<Shared>,
-    client: &reqwest::Client,
-    resolver: &Arc<dyn Resolver>,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-    opts: &PrefetchOptions,
-    total: u64,
-    progress: &FileProgress,
-    idx: usize,
-) -> Result<(), SegError> {
-    let mut failures = 0u32;
-    loop {
-        if shared.abort.load(Ordering::SeqCst) {
-            return Ok(());
+impl Conn {
+    async fn work(self) -> Result<(), SegError> {
+        loop {
+            let idx = match lock(&self.shared.queue).pop_front() {
+                Some(i) => i,
+                None => return Ok(()),
+            };
+            self.fetch_range(idx).await?;
         }
-        let seg = lock(&shared.segs)[idx];
-        let from = seg.next();
-        if from >= seg.end {
-            return Ok(());
-        }
-        let (url, generation) = {
-            let g = shared.url.lock().await;
-            (g.0.url.clone(), g.1)
-        };
-        let resp = client
-            .get(&url)
-            .header(RANGE, format!("bytes={from}-{}", seg.end - 1))
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                failures += 1;
-                if failures > opts.max_retries {
-                    return Err(SegError::Fatal(EntryError::Network {
-                        url: redact_url_str(&url),
-                        message: net_message(e),
-                    }));
-                }
-                tokio::time::sleep(backoff(opts, failures, None)).await;
-                continue;
+    }
+
+    /// Downloads range `idx` to its end, resuming after dropped connections.
+    async fn fetch_range(&self, idx: usize) -> Result<(), SegError> {
+        let Conn {
+            shared,
+            client,
+            resolver,
+            tx,
+            opts,
+            total,
+            progress,
+        } = self;
+        let total = *total;
+        let mut retry = Retry::new(opts);
+        loop {
+            if shared.abort.load(Ordering::SeqCst) {
+                return Ok(());
             }
-        };
-        let status = resp.status();
-        match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let cr = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range);
-                match cr {
+            let seg = lock(&shared.segs)[idx];
+            let from = seg.next();
+            if from >= seg.end {
+                return Ok(());
+            }
+            let (url, generation) = {
+                let g = shared.url.lock().await;
+                (g.0.url.clone(), g.1)
+            };
+            let resp = client
+                .get(&url)
+                .header(RANGE, format!("bytes={from}-{}", seg.end - 1))
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    if retry.fail() {
+                        return Err(SegError::Fatal(EntryError::Network {
+                            url: redact_url_str(&url),
+                            message: http::net_message(e),
+                        }));
+                    }
+                    retry.pause(None).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            match status {
+                StatusCode::PARTIAL_CONTENT => match http::content_range(&resp) {
                     Some((Some(start), Some(t))) if start == from && t == total => {}
                     Some((Some(start), _)) if start != from => {
                         return Err(SegError::Fallback(format!(
@@ -498,149 +443,121 @@ async fn fetch_range(
                         }))
                     }
                     _ => return Err(SegError::Fallback("no usable Content-Range".into())),
+                },
+                StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE => {
+                    return Err(SegError::Fallback(format!(
+                        "server answered HTTP {} to a range request",
+                        status.as_u16()
+                    )))
                 }
-            }
-            StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Err(SegError::Fallback(format!(
-                    "server answered HTTP {} to a range request",
-                    status.as_u16()
-                )))
-            }
-            StatusCode::BAD_REQUEST
-            | StatusCode::UNAUTHORIZED
-            | StatusCode::FORBIDDEN
-            | StatusCode::GONE
-                if resolver.can_reresolve() =>
-            {
-                let mut g = shared.url.lock().await;
-                if g.1 == generation {
-                    // First worker to notice refreshes the URL for all of them.
-                    if shared.reresolves.fetch_add(1, Ordering::SeqCst) >= 3 {
-                        let message = body_snippet(resp, 300).await;
-                        return Err(SegError::Fatal(EntryError::Status {
-                            url: redact_url_str(&url),
-                            status: status.as_u16(),
-                            message,
-                        }));
+                s if http::is_stale_url(s) && resolver.can_reresolve() => {
+                    let mut g = shared.url.lock().await;
+                    if g.1 == generation {
+                        // First worker to notice refreshes the URL for all of them.
+                        if shared.reresolves.fetch_add(1, Ordering::SeqCst) >= 3 {
+                            let message = http::body_snippet(resp, 300).await;
+                            return Err(SegError::Fatal(EntryError::Status {
+                                url: redact_url_str(&url),
+                                status: status.as_u16(),
+                                message,
+                            }));
+                        }
+                        tracing::info!(
+                            status = status.as_u16(),
+                            "storage rejected the download URL (expired?); resolving a fresh one"
+                        );
+                        let fresh = resolver.resolve().await?;
+                        *g = (fresh, generation + 1);
                     }
-                    tracing::info!(
-                        status = status.as_u16(),
-                        "storage rejected the download URL (expired?); resolving a fresh one"
-                    );
-                    let fresh = resolver.resolve().await?;
-                    *g = (fresh, generation + 1);
+                    continue;
                 }
-                continue;
-            }
-            StatusCode::NOT_FOUND => {
-                return Err(SegError::Fatal(EntryError::NotFound {
-                    what: format!("{} (HTTP 404)", redact_url_str(&url)),
-                }))
-            }
-            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
-                failures += 1;
-                let wait = backoff(opts, failures, retry_after(resp.headers()));
-                if failures > opts.max_retries {
-                    let message = body_snippet(resp, 300).await;
-                    return Err(SegError::Fatal(EntryError::Unavailable {
-                        server: redact_url_str(&url),
-                        status: s.as_u16(),
+                s if http::is_busy(s) => match http::on_busy(resp, &mut retry).await {
+                    Busy::GiveUp {
+                        status,
                         message,
-                        attempts: failures,
-                    }));
-                }
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            s => {
-                let message = body_snippet(resp, 300).await;
-                return Err(SegError::Fatal(EntryError::Status {
-                    url: redact_url_str(&url),
-                    status: s.as_u16(),
-                    message,
-                }));
-            }
-        }
-        if is_textual(&resp) {
-            let ct = resp
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let snippet = body_snippet(resp, 200).await;
-            return Err(SegError::Fatal(EntryError::NotAModel {
-                what: format!("a {ct} document"),
-                snippet,
-            }));
-        }
-        if let Some(name) = resp
-            .headers()
-            .get(CONTENT_DISPOSITION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(content_disposition_filename)
-        {
-            lock(&shared.disposition).get_or_insert(name);
-        }
-        let mut resp = resp;
-        let mut offset = from;
-        let mut head: Vec<u8> = Vec::new();
-        let mut got = 0u64;
-        let mut stream_error = None;
-        loop {
-            if shared.abort.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            match resp.chunk().await {
-                Ok(Some(mut chunk)) => {
-                    if offset + chunk.len() as u64 > seg.end {
-                        chunk.truncate((seg.end - offset) as usize);
+                        attempts,
+                    } => {
+                        return Err(SegError::Fatal(EntryError::unavailable(
+                            &url, status, message, attempts,
+                        )))
                     }
-                    if chunk.is_empty() {
+                    Busy::Wait { wait, .. } => {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                },
+                _ => return Err(SegError::Fatal(EntryError::rejected(&url, resp).await)),
+            }
+            if http::is_textual(&resp) {
+                return Err(SegError::Fatal(EntryError::textual_body(resp).await));
+            }
+            if let Some(name) = http::disposition_name(&resp) {
+                lock(&shared.disposition).get_or_insert(name);
+            }
+            let mut resp = resp;
+            let mut offset = from;
+            let mut head: Vec<u8> = Vec::new();
+            let mut got = 0u64;
+            let mut stream_error = None;
+            loop {
+                if shared.abort.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                match resp.chunk().await {
+                    Ok(Some(mut chunk)) => {
+                        if offset + chunk.len() as u64 > seg.end {
+                            chunk.truncate((seg.end - offset) as usize);
+                        }
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        if offset < 9 {
+                            let take = ((9 - offset) as usize).min(chunk.len());
+                            head.extend_from_slice(&chunk[..take]);
+                            if offset + take as u64 >= 9 || offset + (take as u64) >= total {
+                                sniff_safetensors(&head, Some(total))?;
+                            }
+                        }
+                        let n = chunk.len() as u64;
+                        if tx.send((idx, offset, chunk)).await.is_err() {
+                            // The writer stopped (disk full); its error is reported by `run`.
+                            return Ok(());
+                        }
+                        offset += n;
+                        got += n;
+                        shared.transferred.fetch_add(n, Ordering::Relaxed);
+                        progress.inc(n);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        stream_error = Some(http::net_message(e));
                         break;
                     }
-                    if offset < 9 {
-                        let take = ((9 - offset) as usize).min(chunk.len());
-                        head.extend_from_slice(&chunk[..take]);
-                        if offset + take as u64 >= 9 || offset + (take as u64) >= total {
-                            sniff_safetensors(&head, Some(total))?;
-                        }
-                    }
-                    let n = chunk.len() as u64;
-                    if tx.send((idx, offset, chunk)).await.is_err() {
-                        // The writer stopped (disk full); its error is reported by `run`.
-                        return Ok(());
-                    }
-                    offset += n;
-                    got += n;
-                    shared.transferred.fetch_add(n, Ordering::Relaxed);
-                    progress.inc(n);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    stream_error = Some(net_message(e));
-                    break;
                 }
             }
+            if offset >= seg.end {
+                // Requeue nothing: the writer marks it done once the bytes are on disk.
+                return Ok(());
+            }
+            let last_error = stream_error.unwrap_or_else(|| format!("body ended at byte {offset}"));
+            if got > 0 {
+                retry.reset();
+            } else {
+                retry.fail();
+            }
+            if retry.exhausted() {
+                return Err(SegError::Fatal(EntryError::Interrupted {
+                    attempts: retry.failures(),
+                    offset,
+                    message: last_error,
+                }));
+            }
+            tracing::warn!(offset, error = %last_error, "connection dropped; resuming range");
+            retry.pause(None).await;
+            // The next attempt must start after what the writer has put on disk; wait until the
+            // bytes sent so far are accounted for.
+            wait_written(shared, idx, offset).await;
         }
-        if offset >= seg.end {
-            // Requeue nothing: the writer marks it done once the bytes are on disk.
-            return Ok(());
-        }
-        let last_error = stream_error.unwrap_or_else(|| format!("body ended at byte {offset}"));
-        failures = if got > 0 { 0 } else { failures + 1 };
-        if failures > opts.max_retries {
-            return Err(SegError::Fatal(EntryError::Interrupted {
-                attempts: failures,
-                offset,
-                message: last_error,
-            }));
-        }
-        tracing::warn!(offset, error = %last_error, "connection dropped; resuming range");
-        tokio::time::sleep(backoff(opts, failures, None)).await;
-        // The next attempt must start after what the writer has put on disk; wait until the
-        // bytes sent so far are accounted for.
-        wait_written(shared, idx, offset).await;
     }
 }
 

@@ -1,18 +1,24 @@
 //! One function per source kind (Civitai, URL, Hugging Face, local path): each makes one
 //! manifest entry available as a verified file and describes it with a [`Sidecar`].
+//!
+//! A download runs in these stages: cache lookup → lock the cache key (one downloader per file
+//! per volume) → lookup again (another worker may have finished it) → free-space check →
+//! [`transfer`] (resolve, transfer, verify: `download.rs`) → [`commit`] into the cache.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::cache::{self, Cache, CivitaiInfo, Sidecar};
+use super::cache::{self, Cache, CivitaiInfo, IndexRecord, Sidecar};
 use super::civitai::{self, CivitaiClient};
-use super::download::{self, Expect, ResolvedUrl, Resolver};
+use super::download::{self, Downloaded, Expect};
 use super::error::EntryError;
 use super::hf;
 use super::manifest::{self, FileChoice, ManifestEntry, ModelKind, Source};
 use super::names;
-use super::progress::ProgressHub;
+use super::progress::{FileProgress, ProgressHub};
+use super::resolve::{FixedUrl, Resolver};
+use super::verify::{hash_file, read_head, sniff_safetensors};
 use super::PrefetchOptions;
 
 /// Shared state of one prefetch run.
@@ -32,6 +38,18 @@ pub(crate) struct Fetched {
     pub(crate) cached: bool,
 }
 
+impl Fetched {
+    /// A file that was already in the cache (or used in place): nothing transferred.
+    fn cached(path: PathBuf, sidecar: Sidecar) -> Self {
+        Fetched {
+            path,
+            sidecar,
+            transferred: 0,
+            cached: true,
+        }
+    }
+}
+
 /// Makes one entry available: pinned cache hit first, then the entry's source.
 pub(crate) async fn fetch_entry(
     ctx: &Ctx,
@@ -42,12 +60,7 @@ pub(crate) async fn fetch_entry(
     if let Some(pin) = &entry.sha256 {
         if let Some((path, sidecar)) = ctx.cache.lookup(pin) {
             tracing::info!(entry = label, "cache hit (sha256 pinned; no network)");
-            return Ok(Fetched {
-                path,
-                sidecar,
-                transferred: 0,
-                cached: true,
-            });
+            return Ok(Fetched::cached(path, sidecar));
         }
     }
     match &entry.source {
@@ -87,12 +100,7 @@ async fn fetch_civitai(
             if let Some(rec) = ctx.cache.index_get(&index_key) {
                 if let Some((path, sidecar)) = ctx.cache.lookup(&rec.sha256) {
                     tracing::warn!(entry = label, error = %e, "Civitai unreachable; using the cached file from an earlier fetch");
-                    return Ok(Fetched {
-                        path,
-                        sidecar,
-                        transferred: 0,
-                        cached: true,
-                    });
+                    return Ok(Fetched::cached(path, sidecar));
                 }
             }
             return Err(e);
@@ -149,13 +157,6 @@ async fn fetch_civitai(
         civitai: Some(info.clone()),
         fetched_at: cache::now_unix(),
     };
-    let record = |sha: &str, size: u64| cache::IndexRecord {
-        sha256: sha.to_string(),
-        size,
-        mtime_ns: None,
-        file_name: Some(file_name.clone()),
-        autov3: None,
-    };
 
     let lock_key = match &expected_sha {
         Some(sha) => sha.clone(),
@@ -169,13 +170,9 @@ async fn fetch_civitai(
                 if sc != old {
                     ctx.cache.write_sidecar(&sc)?;
                 }
-                ctx.cache.index_put(&index_key, &record(sha, old.size))?;
-                return Ok(Some(Fetched {
-                    path,
-                    sidecar: sc,
-                    transferred: 0,
-                    cached: true,
-                }));
+                let record = IndexRecord::downloaded(sha, old.size, &file_name);
+                ctx.cache.index_put(&index_key, &record)?;
+                return Ok(Some(Fetched::cached(path, sc)));
             }
         }
         Ok(None)
@@ -190,7 +187,6 @@ async fn fetch_civitai(
         return Ok(f);
     }
     check_space(&ctx.cache, &lock_key, file.approx_size_bytes())?;
-    let progress = ctx.hub.file(label);
     let resolver: Arc<dyn Resolver> = Arc::new(civitai::CivitaiResolver {
         client: ctx.civitai.clone(),
         version_id: version.id,
@@ -202,21 +198,42 @@ async fn fetch_civitai(
         autov3: entry.kind == ModelKind::Lora,
         size_hint: file.approx_size_bytes(),
     };
-    let result = download::download(
-        &ctx.data, &ctx.cache, &lock_key, resolver, &expect, &ctx.opts, &progress,
-    )
-    .await;
-    let d = match result {
-        Ok(d) => d,
-        Err(e) => {
-            progress.abandon();
-            return Err(e);
-        }
-    };
+    let (d, progress) = transfer(ctx, label, &lock_key, resolver, &expect).await?;
     let sidecar = make_sidecar(d.sha256.clone(), d.size, d.autov3.clone());
+    commit(ctx, &d, sidecar, &index_key, progress)
+}
+
+/// Downloads one file into its part file (see `download.rs`), with a progress line that is
+/// abandoned when the download fails.
+async fn transfer(
+    ctx: &Ctx,
+    label: &str,
+    lock_key: &str,
+    resolver: Arc<dyn Resolver>,
+    expect: &Expect,
+) -> Result<(Downloaded, FileProgress), EntryError> {
+    let progress = ctx.hub.file(label);
+    let d = download::download(
+        &ctx.data, &ctx.cache, lock_key, resolver, expect, &ctx.opts, &progress,
+    )
+    .await
+    .inspect_err(|_| progress.abandon())?;
+    Ok((d, progress))
+}
+
+/// Moves a verified download into the cache under its hash, records which sha256 the source
+/// identity `index_key` resolved to (so an offline restart finds it), and closes the progress
+/// line.
+fn commit(
+    ctx: &Ctx,
+    d: &Downloaded,
+    sidecar: Sidecar,
+    index_key: &str,
+    progress: FileProgress,
+) -> Result<Fetched, EntryError> {
     let path = ctx.cache.commit(&d.part, &sidecar)?;
-    ctx.cache
-        .index_put(&index_key, &record(&d.sha256, d.size))?;
+    let record = IndexRecord::downloaded(&d.sha256, d.size, &sidecar.file_name);
+    ctx.cache.index_put(index_key, &record)?;
     progress.finish("downloaded and verified");
     Ok(Fetched {
         path,
@@ -226,7 +243,9 @@ async fn fetch_civitai(
     })
 }
 
-/// Refuses to start a download that cannot fit (spec §2.6 step 3).
+/// Refuses to start a download that cannot fit: the bytes still missing from the part file
+/// must be free on the cache volume (checked before the transfer, so a full volume fails in
+/// seconds instead of after gigabytes).
 fn check_space(cache: &Cache, key: &str, size: Option<u64>) -> Result<(), EntryError> {
     let Some(size) = size else { return Ok(()) };
     let have = std::fs::metadata(cache.part_path(key))
@@ -243,22 +262,6 @@ fn check_space(cache: &Cache, key: &str, size: Option<u64>) -> Result<(), EntryE
         }
     }
     Ok(())
-}
-
-/// Plain URLs never expire and cannot be re-resolved.
-struct FixedUrl(String);
-
-#[async_trait::async_trait]
-impl Resolver for FixedUrl {
-    async fn resolve(&self) -> Result<ResolvedUrl, EntryError> {
-        Ok(ResolvedUrl {
-            url: self.0.clone(),
-            expires_at: None,
-        })
-    }
-    fn can_reresolve(&self) -> bool {
-        false
-    }
 }
 
 async fn fetch_url(
@@ -279,41 +282,21 @@ async fn fetch_url(
     // reused (pin `sha256` to detect a changed file).
     if let Some((path, sidecar)) = reuse(ctx) {
         tracing::info!(entry = label, "cache hit (same URL fetched before)");
-        return Ok(Fetched {
-            path,
-            sidecar,
-            transferred: 0,
-            cached: true,
-        });
+        return Ok(Fetched::cached(path, sidecar));
     }
     let lock_key = entry.sha256.clone().unwrap_or_else(|| index_key.clone());
     let _lock = ctx.cache.lock(&lock_key, label).await?;
     if let Some((path, sidecar)) = reuse(ctx) {
-        return Ok(Fetched {
-            path,
-            sidecar,
-            transferred: 0,
-            cached: true,
-        });
+        return Ok(Fetched::cached(path, sidecar));
     }
-    let progress = ctx.hub.file(label);
     let expect = Expect {
         size: None,
         sha256: entry.sha256.clone(),
         autov3: entry.kind == ModelKind::Lora,
         size_hint: None,
     };
-    let d = download::download(
-        &ctx.data,
-        &ctx.cache,
-        &lock_key,
-        Arc::new(FixedUrl(url.to_string())),
-        &expect,
-        &ctx.opts,
-        &progress,
-    )
-    .await
-    .inspect_err(|_| progress.abandon())?;
+    let resolver = Arc::new(FixedUrl(url.to_string()));
+    let (d, progress) = transfer(ctx, label, &lock_key, resolver, &expect).await?;
     let url_name = url
         .path_segments()
         .and_then(|mut s| s.next_back())
@@ -335,30 +318,13 @@ async fn fetch_url(
     let sidecar = Sidecar {
         sha256: d.sha256.clone(),
         size: d.size,
-        file_name: file_name.clone(),
+        file_name,
         source: format!("url {}", names::redact_url(url)),
         autov3: d.autov3.clone(),
         civitai: None,
         fetched_at: cache::now_unix(),
     };
-    let path = ctx.cache.commit(&d.part, &sidecar)?;
-    ctx.cache.index_put(
-        &index_key,
-        &cache::IndexRecord {
-            sha256: d.sha256.clone(),
-            size: d.size,
-            mtime_ns: None,
-            file_name: Some(file_name),
-            autov3: None,
-        },
-    )?;
-    progress.finish("downloaded and verified");
-    Ok(Fetched {
-        path,
-        sidecar,
-        transferred: d.bytes_transferred,
-        cached: false,
-    })
+    commit(ctx, &d, sidecar, &index_key, progress)
 }
 
 async fn fetch_hf(
@@ -380,12 +346,7 @@ async fn fetch_hf(
                     entry = label,
                     "cache hit (same Hugging Face file fetched before)"
                 );
-                return Ok(Fetched {
-                    path,
-                    sidecar,
-                    transferred: 0,
-                    cached: true,
-                });
+                return Ok(Fetched::cached(path, sidecar));
             }
         }
     }
@@ -393,22 +354,15 @@ async fn fetch_hf(
     tracing::info!(entry = label, "downloading from Hugging Face");
     let hf_path = hf::fetch_file(repo, file, revision, ctx.cache.root()).await?;
     let head = read_head(&hf_path);
-    download::sniff_safetensors(&head, None)?;
+    sniff_safetensors(&head, None)?;
     let progress = ctx.hub.file(&format!("{label} (verifying)"));
-    let (sha, autov3, size) = download::hash_file(
+    let (sha, autov3, size) = hash_file(
         &hf_path,
         entry.kind == ModelKind::Lora,
         Some(progress.clone()),
     )
     .await?;
-    if let Some(pin) = &entry.sha256 {
-        if *pin != sha {
-            return Err(EntryError::HashMismatch {
-                expected: pin.clone(),
-                actual: sha,
-            });
-        }
-    }
+    check_pin(entry, &sha)?;
     let file_name = names::sanitize_file_name(file);
     let sidecar = Sidecar {
         sha256: sha.clone(),
@@ -420,16 +374,8 @@ async fn fetch_hf(
         fetched_at: cache::now_unix(),
     };
     let path = ctx.cache.adopt(&hf_path, &sidecar)?;
-    ctx.cache.index_put(
-        &index_key,
-        &cache::IndexRecord {
-            sha256: sha,
-            size,
-            mtime_ns: None,
-            file_name: Some(file_name),
-            autov3: None,
-        },
-    )?;
+    ctx.cache
+        .index_put(&index_key, &IndexRecord::downloaded(&sha, size, &file_name))?;
     progress.finish("verified");
     tracing::debug!(
         ms = t0.elapsed().as_millis() as u64,
@@ -443,15 +389,14 @@ async fn fetch_hf(
     })
 }
 
-fn read_head(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut head = vec![0u8; 9];
-    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
-        Ok(n) => {
-            head.truncate(n);
-            head
-        }
-        Err(_) => Vec::new(),
+/// A `sha256` pinned in models.toml must match the file's hash.
+fn check_pin(entry: &ManifestEntry, sha: &str) -> Result<(), EntryError> {
+    match &entry.sha256 {
+        Some(pin) if pin != sha => Err(EntryError::HashMismatch {
+            expected: pin.clone(),
+            actual: sha.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -471,8 +416,7 @@ async fn fetch_path(
     if !meta.is_file() {
         return Err(local("not a regular file".into()));
     }
-    download::sniff_safetensors(&read_head(path), Some(meta.len()))
-        .map_err(|e| local(e.to_string()))?;
+    sniff_safetensors(&read_head(path), Some(meta.len())).map_err(|e| local(e.to_string()))?;
     let mtime_ns = meta
         .modified()
         .ok()
@@ -487,7 +431,7 @@ async fn fetch_path(
     let (sha, autov3, size) = match remembered {
         Some(r) => (r.sha256, r.autov3, r.size),
         None => {
-            let (sha, autov3, size) = download::hash_file(
+            let (sha, autov3, size) = hash_file(
                 path,
                 entry.kind == ModelKind::Lora,
                 Some(ctx.hub.file(label)),
@@ -495,7 +439,7 @@ async fn fetch_path(
             .await?;
             ctx.cache.index_put(
                 &index_key,
-                &cache::IndexRecord {
+                &IndexRecord {
                     sha256: sha.clone(),
                     size,
                     mtime_ns,
@@ -508,18 +452,11 @@ async fn fetch_path(
     };
     // A file hashed before as a checkpoint needs its AutoV3 once when used as a LoRA.
     let (sha, autov3, size) = if entry.kind == ModelKind::Lora && autov3.is_none() {
-        download::hash_file(path, true, None).await?
+        hash_file(path, true, None).await?
     } else {
         (sha, autov3, size)
     };
-    if let Some(pin) = &entry.sha256 {
-        if *pin != sha {
-            return Err(EntryError::HashMismatch {
-                expected: pin.clone(),
-                actual: sha,
-            });
-        }
-    }
+    check_pin(entry, &sha)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -3,8 +3,8 @@
 //!
 //! # How the bucket name is found
 //!
-//! RunPod's `rp_upload` expects `BUCKET_ENDPOINT_URL` to name the bucket itself
-//! (`https://<bucket>.s3.<region>.amazonaws.com`, spec runpod.md 20.2), so existing endpoint
+//! RunPod's `rp_upload` helper expects `BUCKET_ENDPOINT_URL` to name the bucket itself (its
+//! documentation gives `https://<bucket>.s3.<region>.amazonaws.com`), so existing endpoint
 //! settings keep working here. The rule, in order:
 //!
 //! 1. `BUCKET_NAME` set: that is the bucket. If the endpoint URL's last path segment or the
@@ -39,33 +39,9 @@ pub const MAX_URL_EXPIRY_SECS: u64 = 7 * 24 * 60 * 60;
 /// Region used when neither `BUCKET_REGION` nor the endpoint host names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// A credential string that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The raw value, for signing only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.trim().to_string()))
-    }
-}
+/// A credential string that never shows in `Debug` output or logs: the same type as the
+/// fetcher's Civitai token.
+pub use crate::fetch::SecretString as Secret;
 
 /// How request URLs name the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

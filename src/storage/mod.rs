@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use rusty_s3::actions::{CreateBucket, GetObject, PutObject};
 use rusty_s3::{Credentials, S3Action};
 
+// Error text without the (signed) request URL, and the worker's User-Agent: the fetcher's.
+use crate::fetch::http::{net_message, USER_AGENT_VALUE};
+
 pub use config::{AddressingStyle, BucketConfig, ConfigError, Secret, StorageArgs};
 
 /// How long a signed PUT stays valid: covers the upload and its retries, no more.
@@ -106,7 +109,7 @@ impl Bucket {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
-            .user_agent(concat!("sdxl-worker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT_VALUE)
             .build()
             .map_err(|e| StorageError::Client {
                 host: host.clone(),
@@ -273,7 +276,7 @@ impl Bucket {
                     bucket: self.config.bucket.clone(),
                     key: key.to_string(),
                     attempts: attempt,
-                    message: self.scrub(&error_chain(e)),
+                    message: self.scrub(&net_message(e)),
                 },
             };
             if attempt >= attempts {
@@ -314,19 +317,6 @@ fn host_of(url: &url::Url) -> String {
         (Some(h), None) => h.to_string(),
         (None, _) => "<no host>".to_string(),
     }
-}
-
-/// A reqwest error and its causes, without the (signed) request URL.
-fn error_chain(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut msg = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// `Code: Message` of an S3 XML error body, else a short single-line snippet. S3 error

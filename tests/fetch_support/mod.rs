@@ -1,5 +1,6 @@
-//! Local mock of Civitai's API, its download redirect and the presigned storage host (Civitai
-//! spec §2.7), plus a mock Hugging Face endpoint. Everything listens on 127.0.0.1.
+//! Local mock of Civitai's API, its download redirect and the presigned storage host (the
+//! behaviour it imitates is described in docs/civitai.md), plus a mock Hugging Face endpoint.
+//! Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -208,6 +209,25 @@ pub struct Seen {
     pub status: u16,
 }
 
+impl Seen {
+    fn new(host: &'static str, path: &str, query: &str, headers: &HeaderMap, status: u16) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        Seen {
+            host,
+            path: path.to_string(),
+            query: query.to_string(),
+            range: header("range"),
+            authorization: header("authorization"),
+            status,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct MockState {
     pub versions: Mutex<HashMap<u64, MockVersion>>,
@@ -249,6 +269,13 @@ impl MockState {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+    /// The requests the storage host saw, in order.
+    pub fn storage_requests(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.host == "storage")
+            .collect()
+    }
     pub fn add(&self, v: MockVersion) {
         self.versions.lock().unwrap().insert(v.id, v);
     }
@@ -265,21 +292,21 @@ impl MockState {
         headers: &HeaderMap,
         status: u16,
     ) {
-        self.seen.lock().unwrap().push(Seen {
-            host,
-            path: path.to_string(),
-            query: query.to_string(),
-            range: headers
-                .get("range")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
-            status,
-        });
+        self.seen
+            .lock()
+            .unwrap()
+            .push(Seen::new(host, path, query, headers, status));
     }
+}
+
+/// Serves `app` on a free port of 127.0.0.1 in the background.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
 }
 
 /// Running mock Civitai + storage servers.
@@ -297,21 +324,13 @@ impl MockCivitai {
             .route("/storage/{key}", get(storage_handler))
             .route("/files/{*path}", get(plain_handler))
             .with_state(state.clone());
-        let storage_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let storage_addr = storage_listener.local_addr().unwrap();
+        let storage_addr = serve(storage).await;
         *state.storage_addr.lock().unwrap() = Some(storage_addr);
-        tokio::spawn(async move {
-            axum::serve(storage_listener, storage).await.unwrap();
-        });
         let api = Router::new()
             .route("/api/v1/model-versions/{id}", get(version_handler))
             .route("/api/download/models/{id}", get(download_handler))
             .with_state(state.clone());
-        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_addr = api_listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(api_listener, api).await.unwrap();
-        });
+        let api_addr = serve(api).await;
         MockCivitai {
             state,
             api_addr,
@@ -431,58 +450,44 @@ async fn download_handler(
         state.record("api", &path, &query, &headers, status.as_u16());
         r
     };
+    // A JSON error as the download endpoint sends it to non-browser clients.
+    let fail =
+        |status: StatusCode, body: serde_json::Value| respond(status, json_error(status, body));
+    let file_not_found = || {
+        fail(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "File not found"}),
+        )
+    };
     let v = state.versions.lock().unwrap().get(&id).cloned();
     let Some(v) = v else {
-        return respond(
-            StatusCode::NOT_FOUND,
-            json_error(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "File not found"}),
-            ),
-        );
+        return file_not_found();
     };
     if let DownloadBehavior::RateLimited(n) = v.behavior {
         if state.rate_limit_count.fetch_add(1, Ordering::SeqCst) < n {
-            return respond(
+            return fail(
                 StatusCode::TOO_MANY_REQUESTS,
-                json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    serde_json::json!({"error": "We've noticed an unusual amount of downloading from your account. Contact support@civitai.com or come back later."}),
-                ),
+                serde_json::json!({"error": "We've noticed an unusual amount of downloading from your account. Contact support@civitai.com or come back later."}),
             );
         }
     }
     match v.behavior {
-        DownloadBehavior::NotFound => {
-            return respond(
-                StatusCode::NOT_FOUND,
-                json_error(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": "File not found"}),
-                ),
-            )
-        }
+        DownloadBehavior::NotFound => return file_not_found(),
         DownloadBehavior::Archived => {
-            return respond(
+            return fail(
                 StatusCode::GONE,
-                json_error(
-                    StatusCode::GONE,
-                    serde_json::json!({"error": "Model archived, not available for download"}),
-                ),
+                serde_json::json!({"error": "Model archived, not available for download"}),
             )
         }
         DownloadBehavior::GenerationOnly => {
-            return respond(
+            return fail(
                 StatusCode::UNAUTHORIZED,
-                json_error(
-                    StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error":"Unauthorized","message":"The creator of this asset has disabled downloads on this file"}),
-                ),
+                serde_json::json!({"error":"Unauthorized","message":"The creator of this asset has disabled downloads on this file"}),
             );
         }
         _ => {}
     }
-    // Token: `Authorization: Bearer` wins over `?token=` (spec §1.1).
+    // Token: `Authorization: Bearer` wins over `?token=` (docs/civitai.md, *Tokens*).
     let token = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         Some(h) => h.split(' ').nth(1).map(str::to_string),
         None => q.get("token").cloned(),
@@ -490,23 +495,17 @@ async fn download_handler(
     let required = state.required_token.lock().unwrap().clone();
     if let Some(req) = &required {
         if token.as_deref() != Some(req.as_str()) {
-            return respond(
+            return fail(
                 StatusCode::UNAUTHORIZED,
-                json_error(
-                    StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error":"Unauthorized","message":"The creator of this asset requires you to be logged in to download it"}),
-                ),
+                serde_json::json!({"error":"Unauthorized","message":"The creator of this asset requires you to be logged in to download it"}),
             );
         }
     }
     match v.behavior {
         DownloadBehavior::EarlyAccess => {
-            return respond(
+            return fail(
                 StatusCode::FORBIDDEN,
-                json_error(
-                    StatusCode::FORBIDDEN,
-                    serde_json::json!({"error":"Early Access","deadline":"2030-01-01T00:00:00.000Z","message":"This asset is in Early Access. You can use Buzz access it now!"}),
-                ),
+                serde_json::json!({"error":"Early Access","deadline":"2030-01-01T00:00:00.000Z","message":"This asset is in Early Access. You can use Buzz access it now!"}),
             );
         }
         DownloadBehavior::Html200 => {
@@ -525,13 +524,7 @@ async fn download_handler(
         None => v.files.iter().find(|f| f.primary),
     };
     let Some(file) = file else {
-        return respond(
-            StatusCode::NOT_FOUND,
-            json_error(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "File not found"}),
-            ),
-        );
+        return file_not_found();
     };
     let n = state.sig_counter.fetch_add(1, Ordering::SeqCst);
     let sig = format!("sig{n:08}");
@@ -759,11 +752,7 @@ impl MockHf {
         let app = Router::new()
             .route("/{org}/{repo}/resolve/{rev}/{*file}", get(hf_handler))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = serve(app).await;
         MockHf { state, addr }
     }
 }
@@ -777,20 +766,11 @@ async fn hf_handler(
     let path = format!("/{org}/{repo}/resolve/{rev}/{file}");
     let content = state.files.lock().unwrap().get(&key).cloned();
     let record = |status: u16| {
-        state.seen.lock().unwrap().push(Seen {
-            host: "hf",
-            path: path.clone(),
-            query: String::new(),
-            range: headers
-                .get("range")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
-            status,
-        })
+        state
+            .seen
+            .lock()
+            .unwrap()
+            .push(Seen::new("hf", &path, "", &headers, status))
     };
     let Some(content) = content else {
         record(404);
@@ -827,7 +807,8 @@ async fn hf_handler(
 // ---- shared test helpers -------------------------------------------------------------
 
 use sdxl_worker::fetch::{
-    EntryError, FetchArgs, FetchError, Manifest, PrefetchOptions, ProgressMode, SecretString,
+    prefetch_with, EntryError, FetchArgs, FetchError, Manifest, PrefetchOptions, ProgressMode,
+    SecretString,
 };
 use std::path::PathBuf;
 
@@ -934,6 +915,11 @@ pub fn blobs(cache: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Runs a prefetch that must fail on its one entry, and returns that entry's error.
+pub async fn prefetch_err(a: &FetchArgs, m: &Manifest, o: &PrefetchOptions) -> EntryError {
+    entry_error(prefetch_with(a, m, o).await.unwrap_err())
 }
 
 pub fn entry_error(e: FetchError) -> EntryError {
