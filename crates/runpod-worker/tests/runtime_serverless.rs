@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use runtime_support::echo::EchoHandler;
 use runtime_support::{MockJobApi, Recorded, TakeReply, API_KEY, GPU_QUERY, POD_HOSTNAME, POD_ID};
-use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
+use runpod_worker::{self as runpod, HandlerConfig, RuntimeArgs, Timings};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -126,7 +126,7 @@ fn requests_and_headers_match_the_sdk() {
             "raw key, no Bearer"
         );
         assert_eq!(t.header("content-type"), Some("application/json"));
-        assert!(t.header("user-agent").unwrap().starts_with("sdxl-worker/"));
+        assert!(t.header("user-agent").unwrap().starts_with("runpod-worker/"));
     }
     // Concurrency 1: no job-take while the job is held.
     let done = &finals(&api, "J1")[0];

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use runtime_support::echo::EchoHandler;
 use runtime_support::{free_port, MockJobApi, POD_ID};
-use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
+use runpod_worker::{self as runpod, HandlerConfig, RuntimeArgs, Timings};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
