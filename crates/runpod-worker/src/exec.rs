@@ -14,8 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{Mode, RuntimeArgs, Timings};
-use crate::handler::{ContextReceivers, Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError};
-use crate::result::{map_error, map_output, map_stream_error, map_stream_final, ResultBody, WorkerIdentity};
+use crate::handler::{
+    ContextReceivers, Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError,
+};
+use crate::result::{
+    map_error, map_output, map_stream_error, map_stream_final, ResultBody, WorkerIdentity,
+};
 
 /// How long a cancelled handler may take to return by itself before it is aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -106,9 +110,8 @@ impl JobRunner {
             cancel.clone(),
             events.clone(),
         ));
-        let stream = stream.map(|rx| {
-            tokio::spawn(forward_chunks(rx, done.clone(), cancel.clone(), events))
-        });
+        let stream =
+            stream.map(|rx| tokio::spawn(forward_chunks(rx, done.clone(), cancel.clone(), events)));
         let outcome = execute(self.handler.clone(), job, ctx, cancel).await;
         done.cancel();
         let _ = progress.await;

@@ -229,7 +229,10 @@ mod tests {
     #[tokio::test]
     async fn every_kind_of_function_converts() {
         let sync = |job: Job| Ok(json!({"sync": job.input}));
-        assert_eq!(call(sync, json!(1)).await.unwrap().value, json!({"sync": 1}));
+        assert_eq!(
+            call(sync, json!(1)).await.unwrap().value,
+            json!({"sync": 1})
+        );
         let asynchronous = |job: Job| async move { Ok(json!({"async": job.input})) };
         assert_eq!(
             call(asynchronous, json!(2)).await.unwrap().value,

@@ -86,12 +86,7 @@ impl JobEvents for LogProgress {
 }
 
 pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
-    let Launch {
-        args,
-        init,
-        shutdown,
-        ..
-    } = launch;
+    let (args, shutdown) = (launch.args, launch.shutdown);
     let program = program_name();
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let job = match load_test_job(args.test_input.as_deref(), &cwd) {
@@ -101,7 +96,7 @@ pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let Some(handler) = await_init(init, &shutdown).await? else {
+    let Some(handler) = await_init(launch.init, &shutdown).await? else {
         return Ok(ExitCode::from(130));
     };
     let mut cfg = args.handler_config(handler.config());

@@ -2,6 +2,8 @@
 //! (docs/runpod-protocol.md, *Output mapping* and *Streaming*), and serialising JSON the way
 //! Python's `json.dumps` does.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -179,7 +181,7 @@ pub fn to_python_json<T: Serialize + ?Sized>(value: &T, ensure_ascii: bool) -> S
 }
 
 /// Python's item separator `", "` before every array element and object key but the first.
-fn item_separator<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+fn item_separator<W: ?Sized + Write>(w: &mut W, first: bool) -> io::Result<()> {
     if first {
         Ok(())
     } else {
@@ -193,31 +195,23 @@ struct PyFormatter {
 }
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         item_separator(w, first)
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         item_separator(w, first)
     }
 
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
+    fn write_string_fragment<W: ?Sized + Write>(
         &mut self,
         w: &mut W,
         fragment: &str,
-    ) -> std::io::Result<()> {
+    ) -> io::Result<()> {
         if !self.ensure_ascii {
             return w.write_all(fragment.as_bytes());
         }

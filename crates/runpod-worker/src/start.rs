@@ -74,9 +74,9 @@ pub fn start_with_init<H, M>(
 where
     H: IntoHandler<M>,
 {
-    launch(Box::pin(
-        async move { init.await.map(IntoHandler::into_handler) },
-    ))
+    launch(Box::pin(async move {
+        init.await.map(IntoHandler::into_handler)
+    }))
 }
 
 fn launch(init: HandlerInit) -> ExitCode {

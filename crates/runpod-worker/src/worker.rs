@@ -41,12 +41,7 @@ struct Shared {
 }
 
 pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
-    let Launch {
-        args,
-        timings,
-        init,
-        shutdown,
-    } = launch;
+    let (args, timings, shutdown) = (launch.args, launch.timings, launch.shutdown);
     let get_job = nonempty(&args.webhook_get_job).context("RUNPOD_WEBHOOK_GET_JOB is empty")?;
     let post_output = nonempty(&args.webhook_post_output).context(
         "RUNPOD_WEBHOOK_POST_OUTPUT is not set: results could not be delivered, so no job is taken",
@@ -69,7 +64,7 @@ pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
     let api = JobApi::new(urls, args.runpod_ai_api_key.as_deref(), timings.clone())?;
 
     tracing::info!(worker_id = %worker_id, concurrency = args.concurrency, "starting serverless worker");
-    let Some(handler) = await_init(init, &shutdown).await? else {
+    let Some(handler) = await_init(launch.init, &shutdown).await? else {
         tracing::info!("shutdown requested during initialisation");
         return Ok(ExitCode::SUCCESS);
     };

@@ -32,9 +32,10 @@ fn serve(name: &str) -> ServedApi {
     ServedApi::start(Command::new(example(name)), free_port())
 }
 
-async fn post(url: String, body: Value) -> Value {
+/// POSTs `body` to `/v2/local/<op>` of the served example.
+async fn post(api: &ServedApi, op: &str, body: Value) -> Value {
     let resp = reqwest::Client::new()
-        .post(url)
+        .post(format!("{}/v2/local/{op}", api.base))
         .json(&body)
         .send()
         .await
@@ -45,6 +46,19 @@ async fn post(url: String, body: Value) -> Value {
 
 async fn get(url: String) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// GETs `url` every 20 ms until `done` holds for the answer (at most 10 s); returns it.
+async fn poll(url: String, mut done: impl FnMut(&Value) -> bool) -> Value {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = get(url.clone()).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < end, "gave up polling {url}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[test]
@@ -63,25 +77,16 @@ fn hello_handler_answers_a_test_input() {
 #[tokio::test]
 async fn hello_handler_serves_runsync() {
     let api = serve("hello_handler");
-    let v = post(
-        format!("{}/v2/local/runsync", api.base),
-        json!({"input": {"name": "y"}}),
-    )
-    .await;
+    let v = post(&api, "runsync", json!({"input": {"name": "y"}})).await;
     assert_eq!(v["status"], "COMPLETED", "{v}");
     assert_eq!(v["output"], json!({"greeting": "Hello, y!"}));
 
-    let v = post(format!("{}/v2/local/run", api.base), json!({"input": {"name": 5}})).await;
-    let id = v["id"].as_str().unwrap().to_owned();
-    let end = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let s = get(format!("{}/v2/local/status/{id}", api.base)).await;
-        if s["status"] != "IN_QUEUE" && s["status"] != "IN_PROGRESS" {
-            break s;
-        }
-        assert!(Instant::now() < end, "job never finished: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let v = post(&api, "run", json!({"input": {"name": 5}})).await;
+    let id = v["id"].as_str().unwrap();
+    let status = poll(format!("{}/v2/local/status/{id}", api.base), |s| {
+        s["status"] != "IN_QUEUE" && s["status"] != "IN_PROGRESS"
+    })
+    .await;
     assert_eq!(status["status"], "FAILED", "{status}");
 }
 
@@ -103,28 +108,27 @@ fn stream_handler_aggregates_its_chunks_locally() {
 async fn stream_handler_streams_chunks_over_the_endpoint_api() {
     let api = serve("stream_handler");
     let v = post(
-        format!("{}/v2/local/run", api.base),
+        &api,
+        "run",
         json!({"input": {"text": "one two three four"}}),
     )
     .await;
-    let id = v["id"].as_str().unwrap().to_owned();
+    let id = v["id"].as_str().unwrap();
     let mut words = Vec::new();
     let mut polls_with_chunks = 0;
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = get(format!("{}/v2/local/stream/{id}", api.base)).await;
+    poll(format!("{}/v2/local/stream/{id}", api.base), |s| {
         let chunks = s["stream"].as_array().unwrap();
         if !chunks.is_empty() {
             polls_with_chunks += 1;
         }
         words.extend(chunks.iter().map(|c| c["output"]["word"].clone()));
-        if s["status"] == "COMPLETED" {
-            break;
-        }
-        assert!(Instant::now() < end, "stream never completed: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(words, vec![json!("one"), json!("two"), json!("three"), json!("four")]);
+        s["status"] == "COMPLETED"
+    })
+    .await;
+    assert_eq!(
+        words,
+        vec![json!("one"), json!("two"), json!("three"), json!("four")]
+    );
     // The chunks arrived while the job ran, not all at the end.
     assert!(polls_with_chunks > 1, "{polls_with_chunks}");
     // Without --return_aggregate_stream the final output is [].

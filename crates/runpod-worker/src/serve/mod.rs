@@ -55,24 +55,19 @@ fn router(api: Arc<Api>) -> Router {
 }
 
 pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
-    let Launch {
-        args,
-        timings,
-        init,
-        shutdown,
-    } = launch;
+    let (args, init) = (launch.args, launch.init);
     let http = reqwest::Client::builder()
         .user_agent(crate::client::user_agent())
         .build()
         .context("building the webhook HTTP client")?;
-    let stop = shutdown.child_token();
+    let stop = launch.shutdown.child_token();
     let api = Arc::new(Api::new(
         args.rp_api_key.clone().filter(|k| !k.is_empty()),
         args.pod_id
             .clone()
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "local".into()),
-        timings,
+        launch.timings,
         http,
         stop.clone(),
     ));

@@ -55,8 +55,7 @@ pub(super) async fn runsync(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let sub = match read_submission(&headers, body, RUNSYNC_BODY_LIMIT, "/runsync", false).await
-    {
+    let sub = match read_submission(&headers, body, RUNSYNC_BODY_LIMIT, "/runsync", false).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -81,8 +80,10 @@ pub(super) async fn status(
     State(api): State<Arc<Api>>,
     Path((_ep, id)): Path<(String, String)>,
 ) -> Response {
-    api.with_job(&id, |rec| Json(rec.status_json(&api.worker_id)).into_response())
-        .unwrap_or_else(|| not_found(&id))
+    api.with_job(&id, |rec| {
+        Json(rec.status_json(&api.worker_id)).into_response()
+    })
+    .unwrap_or_else(|| not_found(&id))
 }
 
 /// Returns the chunks streamed since the last call (the Python client relies on that).

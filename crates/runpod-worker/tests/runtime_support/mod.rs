@@ -144,12 +144,7 @@ impl MockJobApi {
         let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
         let st = state.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            two_thread_runtime().block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = axum::Router::new().fallback(record).with_state(st);
@@ -305,11 +300,7 @@ impl ServedApi {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "the worker did not open port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port);
         ServedApi {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -322,6 +313,48 @@ impl Drop for ServedApi {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (up to 20 s) until something accepts connections on the local `port`.
+pub fn wait_for_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "nothing opened port {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (up to `limit`) for it to exit; returns its status
+/// and when the signal was sent.
+pub fn terminate(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Instant) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let signalled = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, signalled);
+        }
+        assert!(
+            signalled.elapsed() < limit,
+            "the worker did not exit within {limit:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tokio runtime with two worker threads, for servers and workers run on a test thread.
+pub fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A TCP port that was free a moment ago.
