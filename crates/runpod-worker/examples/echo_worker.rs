@@ -1,4 +1,5 @@
-//! A worker built on the runtime with a test handler instead of SDXL. Used by the
+//! A worker whose handler's behaviour is chosen by the job input (see
+//! `tests/runtime_support/echo.rs`). Used by the
 //! process-level runtime tests (SIGTERM drain, local test mode, the official Python client)
 //! and handy to try the runtime by hand:
 //!

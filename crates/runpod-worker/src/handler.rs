@@ -1,6 +1,6 @@
 //! The boundary between the runtime and the code that does the work: [`Job`], [`Handler`],
-//! [`JobContext`], [`HandlerOutput`] and [`JobError`]. The SDXL handler implements
-//! [`Handler`]; tests implement small ones.
+//! [`JobContext`], [`HandlerOutput`] and [`JobError`]. Larger handlers (the SDXL worker's)
+//! implement [`Handler`]; closures become handlers through `func.rs`.
 
 use std::borrow::Cow;
 use std::sync::Arc;
