@@ -1,12 +1,13 @@
-//! The examples run the way a user runs them: `--test_input '{...}'` prints the result, and
-//! `--rp_serve_api` serves the local endpoint API that clients call over HTTP.
+//! The examples run the way a user runs them: `--test_input '{...}'` prints the result,
+//! `--rp_serve_api` serves the local endpoint API that clients call over HTTP, and with the
+//! platform's `RUNPOD_*` variables (here pointing at a mock job API) the worker takes jobs.
 
 mod runtime_support;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runtime_support::{example, free_port, ServedApi};
+use runtime_support::{example, free_port, terminate, MockJobApi, ServedApi};
 use serde_json::{json, Value};
 
 /// Runs an example in local test mode; returns the exit code and the parsed stdout.
@@ -88,6 +89,35 @@ async fn hello_handler_serves_runsync() {
     })
     .await;
     assert_eq!(status["status"], "FAILED", "{status}");
+}
+
+#[test]
+fn hello_handler_takes_a_job_from_the_job_api() {
+    let jobs = MockJobApi::start();
+    jobs.push_job("H1", json!({"name": "pod"}));
+    let mut worker = Command::new(example("hello_handler"))
+        .envs(jobs.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let posted = jobs.wait_until(Duration::from_secs(20), |_| !jobs.done_for("H1").is_empty());
+    let (status, _) = terminate(&mut worker, Duration::from_secs(15));
+    assert!(posted, "no result for H1");
+    assert_eq!(
+        jobs.done_for("H1")[0].body,
+        r#"{"output": {"greeting": "Hello, pod!"}}"#
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn start_stops_cleanly_on_sigterm() {
+    let mut api = serve("hello_handler");
+    let v = post(&api, "runsync", json!({"input": {"name": "z"}})).await;
+    assert_eq!(v["status"], "COMPLETED", "{v}");
+    let status = api.terminate(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]

@@ -306,6 +306,11 @@ impl ServedApi {
             base: format!("http://127.0.0.1:{port}"),
         }
     }
+
+    /// Sends SIGTERM and waits for the exit (see [`terminate`]).
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        terminate(&mut self.child, limit).0
+    }
 }
 
 impl Drop for ServedApi {
