@@ -14,8 +14,7 @@ pub mod sampling;
 pub mod storage;
 pub mod weights;
 
-// The runtime is the `runpod-worker` crate; these names keep the `crate::runpod::…` and
-// `crate::telemetry::…` paths that the SDXL modules were written against.
+// The runtime is the `runpod-worker` crate; these keep the `crate::runpod`/`crate::telemetry` paths.
 pub use runpod_worker as runpod;
 pub use runpod_worker::telemetry;
 
