@@ -10,11 +10,13 @@ pub mod lora;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;
-pub mod runpod;
 pub mod sampling;
 pub mod storage;
-pub mod telemetry;
 pub mod weights;
+
+// The runtime is the `runpod-worker` crate; these keep the `crate::runpod`/`crate::telemetry` paths.
+pub use runpod_worker as runpod;
+pub use runpod_worker::telemetry;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! The boundary between the runtime and the code that does the work: [`Job`], [`Handler`],
-//! [`JobContext`], [`HandlerOutput`] and [`JobError`]. The SDXL handler implements
-//! [`Handler`]; tests implement small ones.
+//! [`JobContext`], [`HandlerOutput`] and [`JobError`]. Larger handlers (the SDXL worker's)
+//! implement [`Handler`]; closures become handlers through `func.rs`.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl Job {
     }
 
     /// Parses a job object as the platform sends it. The SDK requires both `id` and `input`
-    /// keys (spec §5.2); anything else is kept in `extra`.
+    /// keys (docs/runpod-protocol.md, *Job take*); anything else is kept in `extra`.
     pub fn from_value(value: Value) -> Result<Job, MalformedJob> {
         let Value::Object(mut map) = value else {
             return Err(MalformedJob::NotAnObject);
@@ -89,8 +89,8 @@ pub struct HandlerConfig {
 }
 
 /// What a handler returns on success. `value` is mapped to the result body exactly like the
-/// SDK maps a Python return value (spec §7): an object's `error` and `refresh_worker` keys
-/// are lifted out, `{}` becomes "no output".
+/// SDK maps a Python return value (docs/runpod-protocol.md, *Output mapping*): an object's
+/// `error` and `refresh_worker` keys are lifted out, `{}` becomes "no output".
 #[derive(Debug, Clone, PartialEq)]
 pub struct HandlerOutput {
     pub value: Value,
@@ -116,6 +116,13 @@ impl HandlerOutput {
 impl From<Value> for HandlerOutput {
     fn from(value: Value) -> Self {
         HandlerOutput::new(value)
+    }
+}
+
+/// `Ok(())` of a streaming handler: the chunks are the output.
+impl From<()> for HandlerOutput {
+    fn from((): ()) -> Self {
+        HandlerOutput::new(Value::Null)
     }
 }
 
@@ -302,6 +309,19 @@ impl JobContext {
         self.stream.as_ref()
     }
 
+    /// Streams one chunk (the `yield` of a Python generator handler). Returns false when the
+    /// chunk went nowhere: the job is over, or the handler is not a streaming one (see
+    /// [`crate::stream_fn`] and [`HandlerConfig::streaming`]).
+    pub fn send(&self, chunk: Value) -> bool {
+        match &self.stream {
+            Some(sender) => sender.send(chunk),
+            None => {
+                tracing::warn!(job_id = %self.job_id, "stream chunk dropped: the handler is not a streaming handler");
+                false
+            }
+        }
+    }
+
     /// Cancelled when the platform stops the job (job-stop, `/cancel`, execution timeout)
     /// or the worker gives up on it. Work should stop at the next convenient point.
     pub fn cancellation_token(&self) -> &CancellationToken {
@@ -327,44 +347,16 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// A [`Handler`] made from an async function or closure, for handlers without settings.
-pub struct FnHandler<F> {
-    f: F,
-    config: HandlerConfig,
-}
-
-/// Wraps `f(job, ctx)` as a [`Handler`] with the default [`HandlerConfig`].
-pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
-where
-    F: Fn(Job, JobContext) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<HandlerOutput, JobError>> + Send + 'static,
-{
-    FnHandler {
-        f,
-        config: HandlerConfig::default(),
-    }
-}
-
-impl<F> FnHandler<F> {
-    /// Replaces the [`HandlerConfig`] (e.g. to make it a streaming handler).
-    pub fn with_config(mut self, config: HandlerConfig) -> Self {
-        self.config = config;
-        self
-    }
-}
-
+/// An `Arc` of a handler is a handler, so `Arc<dyn Handler>` can be passed where a
+/// [`Handler`] is expected (e.g. to [`crate::start`]).
 #[async_trait::async_trait]
-impl<F, Fut> Handler for FnHandler<F>
-where
-    F: Fn(Job, JobContext) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<HandlerOutput, JobError>> + Send + 'static,
-{
+impl<H: Handler + ?Sized> Handler for Arc<H> {
     async fn handle(&self, job: Job, ctx: JobContext) -> Result<HandlerOutput, JobError> {
-        (self.f)(job, ctx).await
+        (**self).handle(job, ctx).await
     }
 
     fn config(&self) -> HandlerConfig {
-        self.config
+        (**self).config()
     }
 }
 
@@ -398,22 +390,6 @@ mod tests {
         assert_eq!(Job::from_value(json!([1])), Err(MalformedJob::NotAnObject));
         // `input: null` is present, so the SDK accepts it.
         assert!(Job::from_value(json!({"id": "J", "input": null})).is_ok());
-    }
-
-    #[tokio::test]
-    async fn closures_are_handlers() {
-        let h = handler_fn(|job: Job, ctx: JobContext| async move {
-            ctx.progress(json!(1));
-            Ok(HandlerOutput::new(json!({"id": job.id})))
-        });
-        let out = h
-            .handle(Job::new("x", json!({})), JobContext::detached("x"))
-            .await
-            .unwrap();
-        assert_eq!(out.value, json!({"id": "x"}));
-        assert_eq!(h.config(), HandlerConfig::default());
-        let dynamic: std::sync::Arc<dyn Handler> = std::sync::Arc::new(h);
-        assert!(!dynamic.config().streaming);
     }
 
     #[derive(Debug, thiserror::Error)]

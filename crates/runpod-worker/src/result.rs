@@ -1,10 +1,13 @@
-//! Turning a handler's outcome into the result body the platform expects (spec §7, §9), and
-//! serialising JSON the way Python's `json.dumps` does.
+//! Turning a handler's outcome into the result body the platform expects
+//! (docs/runpod-protocol.md, *Output mapping* and *Streaming*), and serialising JSON the way
+//! Python's `json.dumps` does.
+
+use std::io::{self, Write};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::handler::{HandlerOutput, JobError};
+use crate::handler::{HandlerOutput, JobError};
 
 /// The SDK version whose protocol this runtime speaks. Reported as `runpod_version` in pings
 /// and error JSON because the platform keys protocol features (job-stop, batch take) on it.
@@ -59,7 +62,8 @@ pub fn truthy(v: &Value) -> bool {
     }
 }
 
-/// Maps a successful handler return value exactly like the SDK's `run_job` (spec §7):
+/// Maps a successful handler return value exactly like the SDK does
+/// (docs/runpod-protocol.md, *Output mapping*):
 /// an object loses its `error` and `refresh_worker` keys (a truthy `error` becomes the
 /// result's `error`, a truthy `refresh_worker` becomes `stopPod`), and an empty object output
 /// is dropped. Anything else is the `output` as is.
@@ -89,7 +93,8 @@ pub fn map_output(out: HandlerOutput) -> ResultBody {
     body
 }
 
-/// The error JSON object the SDK builds from an exception (spec §7.1).
+/// The error JSON object the SDK builds from an exception (docs/runpod-protocol.md,
+/// *Error JSON*).
 #[derive(Serialize)]
 struct ErrorInfo<'a> {
     error_type: &'a str,
@@ -128,7 +133,7 @@ pub fn error_json(err: &JobError, who: &WorkerIdentity) -> String {
 }
 
 /// The error of a streaming ("generator") handler: the SDK uses a different, plain format
-/// there (spec §7.1, last line).
+/// there (docs/runpod-protocol.md, *Error JSON*).
 pub fn map_stream_error(err: &JobError) -> ResultBody {
     ResultBody {
         output: None,
@@ -142,7 +147,7 @@ pub fn map_stream_error(err: &JobError) -> ResultBody {
 }
 
 /// The final result of a streaming handler: `[]`, or every chunk with
-/// `return_aggregate_stream` (spec §9). A returned object's `error`/`refresh_worker` keys
+/// `return_aggregate_stream` (docs/runpod-protocol.md, *Streaming*). A returned object's `error`/`refresh_worker` keys
 /// are honoured as for plain handlers.
 pub fn map_stream_final(out: HandlerOutput, chunks: Vec<Value>, aggregate: bool) -> ResultBody {
     let mapped = map_output(out);
@@ -175,45 +180,38 @@ pub fn to_python_json<T: Serialize + ?Sized>(value: &T, ensure_ascii: bool) -> S
     String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// Python's item separator `", "` before every array element and object key but the first.
+fn item_separator<W: ?Sized + Write>(w: &mut W, first: bool) -> io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        w.write_all(b", ")
+    }
+}
+
 /// Python-compatible separators and ASCII escaping for `serde_json`.
 struct PyFormatter {
     ensure_ascii: bool,
 }
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        item_separator(w, first)
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        item_separator(w, first)
     }
 
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
+    fn write_string_fragment<W: ?Sized + Write>(
         &mut self,
         w: &mut W,
         fragment: &str,
-    ) -> std::io::Result<()> {
+    ) -> io::Result<()> {
         if !self.ensure_ascii {
             return w.write_all(fragment.as_bytes());
         }

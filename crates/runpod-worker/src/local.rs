@@ -1,7 +1,7 @@
-//! Local test mode (spec §16): run one job from `--test_input` or `./test_input.json`, print
-//! the result body as the only thing on stdout, exit 1 when it carries an `error`.
+//! Local test mode (docs/runpod-protocol.md, *Local test mode*): run one job from
+//! `--test_input` or `./test_input.json`, print the result body as the only thing on stdout,
+//! exit 1 when it carries an `error`.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,12 +9,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use base64::Engine as _;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::exec::{execute, log_result, result_body, Outcome};
-use super::handler::{ContextReceivers, Handler, Job, JobContext};
-use super::result::to_python_json;
-use super::RuntimeArgs;
+use crate::exec::{await_init, program_name, Ended, JobEvents, JobRunner, Launch};
+use crate::handler::Job;
+use crate::result::to_python_json;
 
 /// Why the test job could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -75,86 +73,53 @@ pub fn load_test_job(inline: Option<&str>, cwd: &Path) -> Result<Job, TestInputE
     Ok(job)
 }
 
-pub(crate) async fn run(
-    args: &RuntimeArgs,
-    init: impl Future<Output = anyhow::Result<Arc<dyn Handler>>> + Send + 'static,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
+/// Local mode logs progress; chunks only end up in the printed output.
+struct LogProgress;
+
+#[async_trait::async_trait]
+impl JobEvents for LogProgress {
+    async fn progress(&self, updates: Vec<Value>) {
+        for v in updates {
+            tracing::info!(progress = %to_python_json(&v, false), "progress");
+        }
+    }
+}
+
+pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
+    let (args, shutdown) = (launch.args, launch.shutdown);
+    let program = program_name();
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let job = match load_test_job(args.test_input.as_deref(), &cwd) {
         Ok(job) => job,
         Err(err) => {
-            eprintln!("sdxl-worker: {err}");
+            eprintln!("{program}: {err}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    let handler = tokio::select! {
-        h = init => h.context("worker initialisation failed")?,
-        _ = shutdown.cancelled() => return Ok(ExitCode::from(130)),
+    let Some(handler) = await_init(launch.init, &shutdown).await? else {
+        return Ok(ExitCode::from(130));
     };
-    let mut cfg = handler.config();
-    cfg.refresh_worker |= args.refresh_worker;
+    let mut cfg = args.handler_config(handler.config());
     // Locally there is no /stream to read chunks from, so they go into the output.
     cfg.return_aggregate_stream = true;
+    let runner = JobRunner {
+        handler,
+        cfg,
+        who: args.identity(),
+    };
 
     let id = job.id.clone();
     tracing::info!(job_id = %id, "Started.");
-    let cancel = shutdown.child_token();
-    let (
-        ctx,
-        ContextReceivers {
-            mut progress,
-            stream,
-        },
-    ) = JobContext::with_channels(&id, cancel.clone(), cfg.streaming);
-    let done = CancellationToken::new();
-    let progress_log = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    v = progress.recv() => v,
-                    _ = done.cancelled() => progress.try_recv().ok(),
-                };
-                match next {
-                    Some(v) => tracing::info!(progress = %to_python_json(&v, false), "progress"),
-                    None => return,
-                }
-            }
-        })
-    };
-    let collector = stream.map(|mut rx| {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut chunks = Vec::new();
-            loop {
-                let next = tokio::select! {
-                    v = rx.recv() => v,
-                    _ = done.cancelled() => rx.try_recv().ok(),
-                };
-                match next {
-                    Some(v) => chunks.push(v),
-                    None => return chunks,
-                }
-            }
-        })
-    });
-    let outcome = execute(handler, job, ctx, &cancel).await;
-    done.cancel();
-    let _ = progress_log.await;
-    let chunks = match collector {
-        Some(c) => c.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let result = match outcome {
-        Outcome::Finished(r) => r,
-        Outcome::Cancelled => {
-            eprintln!("sdxl-worker: interrupted");
+    let body = match runner
+        .run(job, &shutdown.child_token(), Arc::new(LogProgress))
+        .await
+    {
+        Ended::Result(body) => body,
+        Ended::Stopped => {
+            eprintln!("{program}: interrupted");
             return Ok(ExitCode::from(130));
         }
     };
-    log_result(&result);
-    let body = result_body(result, &cfg, chunks, &args.identity());
     // The one and only thing this mode writes to stdout.
     println!("{}", body.to_json());
     let mut code = if body.is_error() {
@@ -173,7 +138,7 @@ pub(crate) async fn run(
                 }
             }
             Err(err) => {
-                eprintln!("sdxl-worker: writing images to {}: {err}", dir.display());
+                eprintln!("{program}: writing images to {}: {err}", dir.display());
                 code = ExitCode::FAILURE;
             }
         }

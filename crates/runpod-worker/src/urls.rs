@@ -1,5 +1,6 @@
 //! URL templates of the worker-facing job API, filled exactly as the SDK fills them
-//! (spec §3.2): plain string replacement, then `&param=value` appended blindly.
+//! (docs/runpod-protocol.md, *URL templates*): plain string replacement, then
+//! `&param=value` appended blindly.
 
 /// The job API URLs of one worker, with the worker id already substituted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +95,7 @@ mod tests {
     }
 
     #[test]
-    fn worked_example_of_the_spec() {
+    fn urls_as_the_sdk_builds_them() {
         let u = urls();
         assert_eq!(
             u.take_url(1, false),

@@ -1,43 +1,15 @@
-//! RunPod worker runtime: job API client, worker loop, heartbeat, local test mode and the
-//! local endpoint API. Generic over a [`Handler`]; knows nothing about images.
-//!
-//! Behaves like a worker built on RunPod's reference Python SDK (`runpod-python` 1.12); the
-//! protocol is written down in `spec/runpod.md` and the section numbers in comments refer to it.
+//! The runtime's flags and environment ([`RuntimeArgs`]), the mode they select ([`Mode`]),
+//! and the runtime's delays ([`Timings`]).
 
-mod client;
-mod exec;
-mod handler;
-mod heartbeat;
-mod local;
-mod result;
-mod serve;
-mod urls;
-mod worker;
-
-use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
-/// Re-exported so handlers implement [`Handler`] with the same macro version.
-pub use async_trait::async_trait;
-pub use client::{ClientError, PostError};
-pub use handler::{
-    handler_fn, FnHandler, Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError,
-    MalformedJob, StreamSender,
-};
-pub use local::{load_test_job, write_images, TestInputError};
-pub use result::{
-    error_json, map_error, map_output, to_python_json, truthy, ResultBody, WorkerIdentity,
-    SDK_COMPAT_VERSION,
-};
-pub use serve::{RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
-pub use urls::{ping_url, JobUrls};
+use crate::handler::HandlerConfig;
+use crate::heartbeat::PingConfig;
+use crate::result::WorkerIdentity;
 
 /// Flags and environment of the RunPod runtime. The `RUNPOD_*` variables are set by the
 /// platform; the others are ours or the SDK's local-testing flags (spelled like the SDK's).
@@ -197,7 +169,7 @@ impl Default for RuntimeArgs {
 }
 
 impl RuntimeArgs {
-    /// Which mode these settings select (spec §1).
+    /// Which mode these settings select (docs/runpod-protocol.md, *Modes*).
     pub fn mode(&self) -> Mode {
         if self.rp_serve_api {
             Mode::EndpointApi
@@ -208,7 +180,17 @@ impl RuntimeArgs {
         }
     }
 
-    fn identity(&self) -> WorkerIdentity {
+    /// The handler's own settings with the start options given on the command line added:
+    /// the flags can switch `refresh_worker` and `return_aggregate_stream` on, never off.
+    pub(crate) fn handler_config(&self, own: HandlerConfig) -> HandlerConfig {
+        HandlerConfig {
+            refresh_worker: own.refresh_worker || self.refresh_worker,
+            return_aggregate_stream: own.return_aggregate_stream || self.return_aggregate_stream,
+            ..own
+        }
+    }
+
+    pub(crate) fn identity(&self) -> WorkerIdentity {
         WorkerIdentity {
             hostname: nonempty(&self.pod_hostname).unwrap_or("unknown").to_owned(),
             worker_id: nonempty(&self.pod_id).unwrap_or("unknown").to_owned(),
@@ -216,7 +198,7 @@ impl RuntimeArgs {
     }
 
     /// The stream template, with the SDK simulator's variable name as fallback.
-    fn stream_template(&self) -> Option<String> {
+    pub(crate) fn stream_template(&self) -> Option<String> {
         nonempty(&self.webhook_post_stream)
             .map(str::to_owned)
             .or_else(|| std::env::var("RUNPOD_WEBHOOK_JOB_STREAM").ok())
@@ -224,8 +206,8 @@ impl RuntimeArgs {
     }
 
     /// The heartbeat settings, when the SDK would start one: API key, pod id and ping URL
-    /// all set (spec §11).
-    fn heartbeat(&self, timings: &Timings) -> Option<heartbeat::PingConfig> {
+    /// all set (docs/runpod-protocol.md, *Heartbeat*).
+    pub(crate) fn heartbeat(&self, timings: &Timings) -> Option<PingConfig> {
         let key = nonempty(&self.runpod_ai_api_key)?;
         let pod = nonempty(&self.pod_id)?;
         let url = nonempty(&self.webhook_ping)?;
@@ -234,7 +216,7 @@ impl RuntimeArgs {
         let interval = timings
             .ping_interval
             .unwrap_or_else(|| Duration::from_secs((self.ping_interval_ms / 1000).max(1)));
-        Some(heartbeat::PingConfig {
+        Some(PingConfig {
             template: url.to_owned(),
             worker_id: pod.to_owned(),
             api_key: key.to_owned(),
@@ -243,7 +225,7 @@ impl RuntimeArgs {
     }
 }
 
-fn nonempty(v: &Option<String>) -> Option<&str> {
+pub(crate) fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
@@ -333,70 +315,6 @@ impl Timings {
             webhook_timeout: Duration::from_secs(5),
         }
     }
-}
-
-/// Runs the worker in the mode `args` selects until it is done or `shutdown` fires.
-///
-/// `init` builds the handler (download + load of models); the local endpoint API already
-/// answers while it runs (`workers.initializing`), serverless mode starts taking jobs only
-/// once it is ready. Exit code: 0 on a clean stop; in local test mode 1 when the result has
-/// an `error`.
-pub async fn run<H: Handler>(
-    args: &RuntimeArgs,
-    init: impl Future<Output = anyhow::Result<Arc<H>>> + Send + 'static,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    run_with_timings(args, Timings::default(), init, shutdown).await
-}
-
-/// [`run`] with explicit [`Timings`] (tests).
-pub async fn run_with_timings<H: Handler>(
-    args: &RuntimeArgs,
-    timings: Timings,
-    init: impl Future<Output = anyhow::Result<Arc<H>>> + Send + 'static,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let init = async move { init.await.map(|h| h as Arc<dyn Handler>) };
-    match args.mode() {
-        Mode::LocalTest => local::run(args, init, shutdown).await,
-        Mode::EndpointApi => serve::run(args, timings, init, shutdown).await,
-        Mode::Serverless => worker::run(args, timings, init, shutdown).await,
-    }
-}
-
-/// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere). RunPod sends SIGTERM when it scales a
-/// worker down; the runtime then stops taking jobs, finishes and posts the running ones.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                    _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-                }
-                return;
-            }
-            _ => tracing::warn!("could not install signal handlers; using Ctrl-C only"),
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("interrupt received; shutting down");
-}
-
-/// A token cancelled on SIGTERM/SIGINT (spawns a task on the current runtime).
-pub fn shutdown_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        t.cancel();
-    });
-    token
 }
 
 #[cfg(test)]

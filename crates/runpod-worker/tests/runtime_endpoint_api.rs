@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use runpod_worker::{self as runpod, HandlerConfig, RuntimeArgs, Timings};
 use runtime_support::echo::EchoHandler;
 use runtime_support::{free_port, MockJobApi, POD_ID};
-use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -66,11 +66,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime_support::two_thread_runtime();
             let init = async move {
                 tokio::task::spawn_blocking(move || rx.recv()).await??;
                 Ok(Arc::new(EchoHandler::new(cfg)))
@@ -78,11 +74,7 @@ impl Server {
             rt.block_on(runpod::run_with_timings(&args, timings, init, token))
         });
         let base = format!("http://127.0.0.1:{port}");
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "endpoint API did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        runtime_support::wait_for_port(port);
         Server {
             base,
             shutdown,

@@ -1,7 +1,7 @@
-//! Serverless mode: the job loop against RunPod's worker-facing job API (spec §5–§13, §15b).
+//! Serverless mode: the job loop against RunPod's worker-facing job API
+//! (docs/runpod-protocol.md, *Job take* through *Shutdown*).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,52 +9,45 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::client::{JobApi, StopPoll, Take};
-use super::exec::{execute, log_result, result_body, Outcome};
-use super::handler::{ContextReceivers, Handler, HandlerConfig, Job, JobContext};
-use super::heartbeat::{Heartbeat, HeldJobs};
-use super::result::to_python_json;
-use super::urls::JobUrls;
-use super::{nonempty, RuntimeArgs, Timings, WorkerIdentity};
+use crate::args::{nonempty, Timings};
+use crate::client::{JobApi, StopPoll, Take};
+use crate::exec::{await_init, Ended, JobEvents, JobRunner, Launch};
+use crate::handler::Job;
+use crate::heartbeat::{Heartbeat, HeldJobs};
+use crate::lock;
+use crate::result::to_python_json;
+use crate::urls::JobUrls;
 
-/// job-done bodies above this size are known to be refused (spec §22.1).
+/// job-done bodies above this size are known to be refused (docs/runpod-protocol.md,
+/// *Endpoint API limits*).
 const RESULT_SIZE_WARNING: usize = 20 * 1024 * 1024;
 
 /// Cancellation tokens of the jobs that are running, by id (for job-stop).
 type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Everything a job task needs.
 struct Shared {
     api: JobApi,
-    handler: Arc<dyn Handler>,
-    cfg: HandlerConfig,
-    who: WorkerIdentity,
+    runner: JobRunner,
     held: HeldJobs,
     running: Running,
     slot_freed: Notify,
     stop_taking: CancellationToken,
 }
 
-pub(crate) async fn run(
-    args: &RuntimeArgs,
-    timings: Timings,
-    init: impl Future<Output = anyhow::Result<Arc<dyn Handler>>> + Send + 'static,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
+    let (args, timings, shutdown) = (launch.args, launch.timings, launch.shutdown);
     let get_job = nonempty(&args.webhook_get_job).context("RUNPOD_WEBHOOK_GET_JOB is empty")?;
     let post_output = nonempty(&args.webhook_post_output).context(
         "RUNPOD_WEBHOOK_POST_OUTPUT is not set: results could not be delivered, so no job is taken",
     )?;
-    // The SDK uses a random id when RUNPOD_POD_ID is missing (spec §2).
+    // The SDK uses a random id when RUNPOD_POD_ID is missing (docs/runpod-protocol.md,
+    // *Environment*).
     let worker_id = nonempty(&args.pod_id)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -71,16 +64,11 @@ pub(crate) async fn run(
     let api = JobApi::new(urls, args.runpod_ai_api_key.as_deref(), timings.clone())?;
 
     tracing::info!(worker_id = %worker_id, concurrency = args.concurrency, "starting serverless worker");
-    let handler = tokio::select! {
-        h = init => h.context("worker initialisation failed")?,
-        _ = shutdown.cancelled() => {
-            tracing::info!("shutdown requested during initialisation");
-            return Ok(ExitCode::SUCCESS);
-        }
+    let Some(handler) = await_init(launch.init, &shutdown).await? else {
+        tracing::info!("shutdown requested during initialisation");
+        return Ok(ExitCode::SUCCESS);
     };
-    let mut cfg = handler.config();
-    cfg.refresh_worker |= args.refresh_worker;
-    cfg.return_aggregate_stream |= args.return_aggregate_stream;
+    let cfg = args.handler_config(handler.config());
 
     let held = HeldJobs::default();
     let heartbeat = match args.heartbeat(&timings) {
@@ -95,9 +83,11 @@ pub(crate) async fn run(
 
     let shared = Arc::new(Shared {
         api,
-        handler,
-        cfg,
-        who: args.identity(),
+        runner: JobRunner {
+            handler,
+            cfg,
+            who: args.identity(),
+        },
         held,
         running: Running::default(),
         slot_freed: Notify::new(),
@@ -137,7 +127,8 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Takes jobs while there is room, until `stop_taking` fires (spec §6).
+/// Takes jobs while there is room, until `stop_taking` fires (docs/runpod-protocol.md,
+/// *Concurrency*).
 async fn take_loop(
     shared: &Arc<Shared>,
     tasks: &TaskTracker,
@@ -228,42 +219,17 @@ async fn run_job(shared: &Arc<Shared>, job: Job, cancel: CancellationToken) {
     let id = job.id.clone();
     let started = Instant::now();
     tracing::info!("Started.");
-    let (ctx, ContextReceivers { progress, stream }) =
-        JobContext::with_channels(&id, cancel.clone(), shared.cfg.streaming);
-    let handler_done = CancellationToken::new();
-    let progress_task = tokio::spawn(post_progress(
-        shared.clone(),
-        id.clone(),
-        progress,
-        handler_done.clone(),
-        cancel.clone(),
-    ));
-    let stream_task = stream.map(|rx| {
-        tokio::spawn(post_stream(
-            shared.clone(),
-            id.clone(),
-            rx,
-            handler_done.clone(),
-            cancel.clone(),
-        ))
+    let events = Arc::new(PostEvents {
+        shared: shared.clone(),
+        id: id.clone(),
     });
-
-    let outcome = execute(shared.handler.clone(), job, ctx, &cancel).await;
-    handler_done.cancel();
-    let _ = progress_task.await;
-    let chunks = match stream_task {
-        Some(t) => t.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let result = match outcome {
-        Outcome::Finished(r) if !cancel.is_cancelled() => r,
-        _ => {
+    let body = match shared.runner.run(job, &cancel, events).await {
+        Ended::Result(body) => body,
+        Ended::Stopped => {
             tracing::info!("job stopped by the platform; no result posted");
             return;
         }
     };
-    log_result(&result);
-    let body = result_body(result, &shared.cfg, chunks, &shared.who);
     let failed = body.is_error();
     let text = body.to_json();
     let bytes = text.len();
@@ -273,11 +239,8 @@ async fn run_job(shared: &Arc<Shared>, job: Job, cancel: CancellationToken) {
             "result is larger than RunPod's ~20 MB job-done limit and may be rejected; return URLs (S3 upload) instead of inline images"
         );
     }
-    match shared
-        .api
-        .post_result(&id, text, shared.cfg.streaming)
-        .await
-    {
+    let streaming = shared.runner.cfg.streaming;
+    match shared.api.post_result(&id, text, streaming).await {
         Ok(()) => tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             failed,
@@ -290,7 +253,7 @@ async fn run_job(shared: &Arc<Shared>, job: Job, cancel: CancellationToken) {
             "result of job {id} could not be delivered: {err}"
         ),
     }
-    if shared.cfg.refresh_worker {
+    if shared.runner.cfg.refresh_worker {
         tracing::info!("refresh_worker is set; stopping after this job");
         shared.stop_taking.cancel();
     }
@@ -302,77 +265,55 @@ struct ProgressBody<'a> {
     output: &'a Value,
 }
 
-/// Posts progress updates in order, coalescing to the latest pending one; ends when the
-/// handler is done and nothing is pending, or silently when the job is stopped.
-async fn post_progress(
+#[derive(Serialize)]
+struct ChunkBody<'a> {
+    output: &'a Value,
+}
+
+/// Progress and chunks of one job, posted to the job API (docs/runpod-protocol.md,
+/// *Progress* and *Streaming*).
+struct PostEvents {
     shared: Arc<Shared>,
     id: String,
-    mut rx: mpsc::UnboundedReceiver<Value>,
-    done: CancellationToken,
-    cancel: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            v = rx.recv() => v,
-            _ = done.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(mut latest) = next else { return };
-        while let Ok(v) = rx.try_recv() {
-            latest = v;
-        }
-        if cancel.is_cancelled() {
+}
+
+#[async_trait::async_trait]
+impl JobEvents for PostEvents {
+    /// Only the latest of the pending updates is posted: progress is a state, not a log.
+    async fn progress(&self, updates: Vec<Value>) {
+        let Some(latest) = updates.last() else {
             return;
-        }
+        };
         let body = to_python_json(
             &ProgressBody {
                 status: "IN_PROGRESS",
-                output: &latest,
+                output: latest,
             },
             false,
         );
         // Progress is best-effort; it must not hold up the result for long.
-        match tokio::time::timeout(Duration::from_secs(10), shared.api.post_progress(&id, body))
-            .await
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.shared.api.post_progress(&self.id, body),
+        )
+        .await
         {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!("progress update failed: {err}"),
             Err(_) => tracing::warn!("progress update timed out"),
         }
     }
-}
 
-#[derive(Serialize)]
-struct ChunkBody<'a> {
-    output: &'a Value,
-}
-
-/// Posts stream chunks one by one, in order, and returns them all (for the aggregate).
-async fn post_stream(
-    shared: Arc<Shared>,
-    id: String,
-    mut rx: mpsc::UnboundedReceiver<Value>,
-    done: CancellationToken,
-    cancel: CancellationToken,
-) -> Vec<Value> {
-    let mut chunks = Vec::new();
-    loop {
-        let next = tokio::select! {
-            v = rx.recv() => v,
-            _ = done.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(chunk) = next else { return chunks };
-        if cancel.is_cancelled() {
-            return chunks;
+    async fn chunk(&self, chunk: &Value) {
+        let body = to_python_json(&ChunkBody { output: chunk }, false);
+        if let Err(err) = self.shared.api.post_stream(&self.id, body).await {
+            tracing::error!(job_id = %self.id, "a stream chunk could not be delivered: {err}");
         }
-        let body = to_python_json(&ChunkBody { output: &chunk }, false);
-        if let Err(err) = shared.api.post_stream(&id, body).await {
-            tracing::error!(job_id = %id, "stream chunk {} could not be delivered: {err}", chunks.len());
-        }
-        chunks.push(chunk);
     }
 }
 
-/// job-stop long-poll: cancels running jobs the platform names (spec §12).
+/// job-stop long-poll: cancels running jobs the platform names (docs/runpod-protocol.md,
+/// *Job stop*).
 async fn stop_monitor(shared: Arc<Shared>, stop: CancellationToken, timings: Timings) {
     loop {
         let started = Instant::now();

@@ -6,7 +6,7 @@ use clap::Args;
 /// Logging flags.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
-    /// Log filter in `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `sdxl_worker=debug`).
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `runpod_worker=debug`).
     #[arg(long = "log-level", env = "RUST_LOG", default_value = "info")]
     pub level: String,
     /// Emit logs as JSON lines instead of human-readable text.

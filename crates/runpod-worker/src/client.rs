@@ -1,5 +1,6 @@
 //! HTTP client for the worker-facing job API: job-take(-batch), job-stop, job-done and
-//! job-stream, with the SDK's headers and retry rules (spec §4, §5, §8, §12).
+//! job-stream, with the SDK's headers and retry rules (docs/runpod-protocol.md, *Job take*,
+//! *Result post* and *Job stop*).
 
 use std::time::Duration;
 
@@ -7,9 +8,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::handler::Job;
-use super::urls::JobUrls;
-use super::Timings;
+use crate::args::Timings;
+use crate::handler::Job;
+use crate::urls::JobUrls;
 
 /// Why the job API client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +59,10 @@ pub(crate) enum StopPoll {
     Failed,
 }
 
-/// The User-Agent: ours, in the SDK's shape (`name/version (os; arch) Language/...`).
+/// The User-Agent: this crate's, in the SDK's shape (`name/version (os; arch) Language/...`).
 pub(crate) fn user_agent() -> String {
     let mut ua = format!(
-        "sdxl-worker/{} ({}; {}) Language/Rust",
+        "runpod-worker/{} ({}; {}) Language/Rust",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::OS,
         std::env::consts::ARCH
@@ -121,7 +122,8 @@ impl JobApi {
         self.urls.stop.is_some()
     }
 
-    /// One job-take (or job-take-batch when `wanted` > 1) call, answered per spec §5.2.
+    /// One job-take (or job-take-batch when `wanted` > 1) call (docs/runpod-protocol.md,
+    /// *Job take*).
     pub(crate) async fn take(&self, wanted: usize, job_in_progress: bool) -> Take {
         let url = self.urls.take_url(wanted, job_in_progress);
         let resp = match self.http.get(&url).send().await {
@@ -185,7 +187,7 @@ impl JobApi {
         }
     }
 
-    /// One job-stop long-poll (spec §12).
+    /// One job-stop long-poll (docs/runpod-protocol.md, *Job stop*).
     pub(crate) async fn stop_signals(&self) -> StopPoll {
         let Some(url) = &self.urls.stop else {
             return StopPoll::Empty;
@@ -234,13 +236,12 @@ impl JobApi {
         is_stream: bool,
     ) -> Result<(), PostError> {
         let url = self.urls.done_url(job_id, is_stream);
-        self.post(
-            &url,
-            job_id,
-            body,
-            self.timings.result_retry_delays.len() + 1,
-        )
-        .await
+        self.post(&url, job_id, body, self.result_attempts()).await
+    }
+
+    /// Attempts of a result or chunk post: one more than there are retry delays.
+    fn result_attempts(&self) -> usize {
+        self.timings.result_retry_delays.len() + 1
     }
 
     /// One streamed chunk (job-stream, `isStream=false`), same retries as results.
@@ -253,13 +254,7 @@ impl JobApi {
             );
             return Ok(());
         };
-        self.post(
-            &url,
-            job_id,
-            body,
-            self.timings.result_retry_delays.len() + 1,
-        )
-        .await
+        self.post(&url, job_id, body, self.result_attempts()).await
     }
 
     /// A progress update (job-done, `isStream=false`, body with `"status": "IN_PROGRESS"`);

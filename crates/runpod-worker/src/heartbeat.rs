@@ -1,4 +1,5 @@
-//! The heartbeat (ping, spec §11) and the set of held job ids it reports. The ping runs on
+//! The heartbeat (ping; docs/runpod-protocol.md, *Heartbeat*) and the set of held job ids it
+//! reports. The ping runs on
 //! its own OS thread with its own tokio runtime, so a handler that blocks the main runtime's
 //! threads (CPU-bound work, a stuck lock) cannot delay it.
 
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::client::{auth_header, user_agent};
-use super::result::SDK_COMPAT_VERSION;
-use super::urls::ping_url;
+use crate::client::{auth_header, user_agent};
+use crate::lock;
+use crate::result::SDK_COMPAT_VERSION;
+use crate::urls::ping_url;
 
 /// Ids of jobs taken but not finished (queued or running): `job_in_progress` and the ping's
 /// `job_id` list come from here.
@@ -19,8 +21,7 @@ pub(crate) struct HeldJobs(Arc<Mutex<BTreeSet<String>>>);
 
 impl HeldJobs {
     fn lock(&self) -> MutexGuard<'_, BTreeSet<String>> {
-        // A panic while holding this lock cannot leave the set inconsistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0)
     }
 
     pub(crate) fn add(&self, id: &str) {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use runpod_worker::{self as runpod, HandlerConfig, RuntimeArgs, Timings};
 use runtime_support::echo::EchoHandler;
 use runtime_support::{MockJobApi, Recorded, TakeReply, API_KEY, GPU_QUERY, POD_HOSTNAME, POD_ID};
-use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -39,13 +39,10 @@ impl Worker {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
+                    .unwrap()
             } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-            }
-            .unwrap();
+                runtime_support::two_thread_runtime()
+            };
             rt.block_on(runpod::run_with_timings(
                 &args,
                 timings,
@@ -126,7 +123,10 @@ fn requests_and_headers_match_the_sdk() {
             "raw key, no Bearer"
         );
         assert_eq!(t.header("content-type"), Some("application/json"));
-        assert!(t.header("user-agent").unwrap().starts_with("sdxl-worker/"));
+        assert!(t
+            .header("user-agent")
+            .unwrap()
+            .starts_with("runpod-worker/"));
     }
     // Concurrency 1: no job-take while the job is held.
     let done = &finals(&api, "J1")[0];
@@ -525,30 +525,21 @@ fn missing_job_done_url_is_a_clear_startup_error() {
     let mut args = api.args(1);
     args.webhook_post_output = None;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let err = rt
-        .block_on(runpod::run_with_timings(
-            &args,
+    let start_error = |args: &RuntimeArgs| {
+        let run = runpod::run_with_timings(
+            args,
             Timings::fast(),
             async { Ok(echo()) },
             CancellationToken::new(),
-        ))
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("RUNPOD_WEBHOOK_POST_OUTPUT"),
-        "{err:#}"
-    );
+        );
+        format!("{:#}", rt.block_on(run).unwrap_err())
+    };
+    let err = start_error(&args);
+    assert!(err.contains("RUNPOD_WEBHOOK_POST_OUTPUT"), "{err}");
     assert!(api.of_kind("job-take").is_empty());
     let mut args = api.args(1);
     args.runpod_ai_api_key = Some("bad\nkey".into());
-    let err = rt
-        .block_on(runpod::run_with_timings(
-            &args,
-            Timings::fast(),
-            async { Ok(echo()) },
-            CancellationToken::new(),
-        ))
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let text = start_error(&args);
     assert!(
         text.contains("RUNPOD_AI_API_KEY") && !text.contains("bad\nkey"),
         "{text}"

@@ -1,5 +1,5 @@
 //! A small handler whose behaviour is chosen by the job input; shared by the runtime tests
-//! and `examples/echo_worker.rs`.
+//! and `examples/echo_worker.rs` (and by the SDXL worker's end-to-end tests).
 //!
 //! Input keys (all optional, applied in this order):
 //! `progress: [..]` report each value (20 ms apart); `chunks: [..]` stream each value;
@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use sdxl_worker::runpod::{Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError};
+use runpod_worker::{Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError};
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -43,19 +42,11 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A 2×2 PNG, base64.
-pub fn tiny_png_base64() -> String {
-    let img = image::RgbImage::from_pixel(2, 2, image::Rgb([200, 10, 10]));
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .expect("encode png");
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+/// A 2×2 red RGB PNG, base64 (written out so the runtime needs no image crate).
+pub const TINY_PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEElEQVR4nGM4wcUFRAwQCgAbFgNxOExuRAAAAABJRU5ErkJggg==";
 
-#[sdxl_worker::runpod::async_trait]
+#[runpod_worker::async_trait]
 impl Handler for EchoHandler {
     async fn handle(&self, job: Job, ctx: JobContext) -> Result<HandlerOutput, JobError> {
         let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -97,7 +88,7 @@ impl Handler for EchoHandler {
                 .with_source(std::io::Error::other("the inner cause")));
         }
         if input.get("image").and_then(Value::as_bool) == Some(true) {
-            return Ok(json!({"images": [{"image": tiny_png_base64(), "seed": 1}]}).into());
+            return Ok(json!({"images": [{"image": TINY_PNG_BASE64, "seed": 1}]}).into());
         }
         if let Some(v) = input.get("return") {
             return Ok(v.clone().into());

@@ -2,14 +2,15 @@
 //! `target/`) against the local endpoint API of `examples/echo_worker`. Fails, never
 //! skips, when Python or the package cannot be set up.
 
+// The repository's helper for pinned Python tools (shared with the SDXL worker's S3 tests).
+#[path = "../../../tests/pyenv/mod.rs"]
 mod pyenv;
 mod runtime_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use runtime_support::{echo_worker, free_port};
+use runtime_support::{echo_worker, free_port, ServedApi};
 
 /// The `runpod` release the compatibility claim is tested against.
 const RUNPOD_VERSION: &str = "1.12.0";
@@ -24,38 +25,12 @@ fn ensure_venv() -> PathBuf {
     )
 }
 
-/// A worker process that is killed when the test ends, pass or fail.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(port: u16, streaming: bool) -> Worker {
-    let child = Command::new(echo_worker())
-        .args([
-            "--rp_serve_api",
-            "--rp_api_port",
-            &port.to_string(),
-            "--rp_api_key",
-            KEY,
-        ])
+fn serve(port: u16, streaming: bool) -> ServedApi {
+    let mut cmd = Command::new(echo_worker());
+    cmd.args(["--rp_api_key", KEY])
         .env("ECHO_STREAMING", if streaming { "1" } else { "0" })
-        .env("ECHO_INIT_MS", "300")
-        .env_remove("RUNPOD_WEBHOOK_GET_JOB")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "echo_worker did not open port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Worker(child)
+        .env("ECHO_INIT_MS", "300");
+    ServedApi::start(cmd, port)
 }
 
 #[test]

@@ -1,10 +1,11 @@
-//! A worker built on the runtime with a test handler instead of SDXL. Used by the
+//! A worker whose handler's behaviour is chosen by the job input (see
+//! `tests/runtime_support/echo.rs`). Used by the
 //! process-level runtime tests (SIGTERM drain, local test mode, the official Python client)
 //! and handy to try the runtime by hand:
 //!
 //! ```text
-//! cargo run --example echo_worker -- --test_input '{"input": {"hello": "world"}}'
-//! cargo run --example echo_worker -- --rp_serve_api --rp_api_port 8000
+//! cargo run -p runpod-worker --example echo_worker -- --test_input '{"input": {"hello": "world"}}'
+//! cargo run -p runpod-worker --example echo_worker -- --rp_serve_api --rp_api_port 8000
 //! ```
 //!
 //! Environment: `ECHO_STREAMING=1` makes the handler a streaming one; `ECHO_INIT_MS=n`
@@ -15,28 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use sdxl_worker::runpod::{self, HandlerConfig, RuntimeArgs, Timings};
+use runpod_worker::{self as runpod, HandlerConfig, Timings, WorkerArgs};
 
 #[path = "../tests/runtime_support/echo.rs"]
 mod echo;
-
-/// The RunPod runtime with a test handler (see the file header).
-#[derive(Parser, Debug)]
-#[command(name = "echo_worker")]
-struct Cli {
-    #[command(flatten)]
-    log: sdxl_worker::telemetry::LogArgs,
-    #[command(flatten)]
-    runtime: RuntimeArgs,
-}
 
 fn flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    sdxl_worker::telemetry::init(&cli.log);
+    // `runpod_worker::start` would do all of this; the echo worker also picks its timings.
+    let cli = WorkerArgs::parse();
+    runpod_worker::telemetry::init(&cli.log);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
