@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::handler::HandlerConfig;
-use crate::heartbeat::PingConfig;
 use crate::result::WorkerIdentity;
 
 /// Flags and environment of the RunPod runtime. The `RUNPOD_*` variables are set by the
@@ -203,25 +202,6 @@ impl RuntimeArgs {
             .map(str::to_owned)
             .or_else(|| std::env::var("RUNPOD_WEBHOOK_JOB_STREAM").ok())
             .filter(|s| !s.is_empty())
-    }
-
-    /// The heartbeat settings, when the SDK would start one: API key, pod id and ping URL
-    /// all set (docs/runpod-protocol.md, *Heartbeat*).
-    pub(crate) fn heartbeat(&self, timings: &Timings) -> Option<PingConfig> {
-        let key = nonempty(&self.runpod_ai_api_key)?;
-        let pod = nonempty(&self.pod_id)?;
-        let url = nonempty(&self.webhook_ping)?;
-        // The SDK divides by 1000 with integer division; a 0 s period would spin, so 1 s is
-        // the floor.
-        let interval = timings
-            .ping_interval
-            .unwrap_or_else(|| Duration::from_secs((self.ping_interval_ms / 1000).max(1)));
-        Some(PingConfig {
-            template: url.to_owned(),
-            worker_id: pod.to_owned(),
-            api_key: key.to_owned(),
-            interval,
-        })
     }
 }
 

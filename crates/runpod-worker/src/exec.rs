@@ -4,7 +4,6 @@
 //! order to a mode-specific [`JobEvents`] while it runs; cancellation abandons it; and how
 //! it ended is mapped to the result body the platform expects.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Mode, RuntimeArgs, Timings};
+use crate::args::{RuntimeArgs, Timings};
 use crate::handler::{
     ContextReceivers, Handler, HandlerConfig, HandlerOutput, Job, JobContext, JobError,
 };
@@ -33,15 +32,6 @@ pub(crate) struct Launch<'a> {
     pub timings: Timings,
     pub init: HandlerInit,
     pub shutdown: CancellationToken,
-}
-
-/// Runs the mode the arguments select (docs/runpod-protocol.md, *Modes*).
-pub(crate) async fn run_mode(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
-    match launch.args.mode() {
-        Mode::LocalTest => crate::local::run(launch).await,
-        Mode::EndpointApi => crate::serve::run(launch).await,
-        Mode::Serverless => crate::worker::run(launch).await,
-    }
 }
 
 /// Waits for the handler; `Ok(None)` when shutdown comes first.

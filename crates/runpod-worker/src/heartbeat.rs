@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::args::{nonempty, RuntimeArgs, Timings};
 use crate::client::{auth_header, user_agent};
 use crate::lock;
 use crate::result::SDK_COMPAT_VERSION;
@@ -48,6 +49,27 @@ pub(crate) struct PingConfig {
     pub worker_id: String,
     pub api_key: String,
     pub interval: Duration,
+}
+
+impl PingConfig {
+    /// The heartbeat settings, when the SDK would start one: API key, pod id and ping URL
+    /// all set (docs/runpod-protocol.md, *Heartbeat*).
+    pub(crate) fn from_args(args: &RuntimeArgs, timings: &Timings) -> Option<PingConfig> {
+        let key = nonempty(&args.runpod_ai_api_key)?;
+        let pod = nonempty(&args.pod_id)?;
+        let url = nonempty(&args.webhook_ping)?;
+        // The SDK divides by 1000 with integer division; a 0 s period would spin, so 1 s is
+        // the floor.
+        let interval = timings
+            .ping_interval
+            .unwrap_or_else(|| Duration::from_secs((args.ping_interval_ms / 1000).max(1)));
+        Some(PingConfig {
+            template: url.to_owned(),
+            worker_id: pod.to_owned(),
+            api_key: key.to_owned(),
+            interval,
+        })
+    }
 }
 
 /// A running heartbeat thread; stopped on drop.

@@ -89,7 +89,7 @@ pub async fn run_with_timings<H: Handler>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let init = Box::pin(async move { init.await.map(|h| h as Arc<dyn Handler>) });
-    exec::run_mode(exec::Launch {
+    run_mode(exec::Launch {
         args,
         timings,
         init,
@@ -137,4 +137,13 @@ pub fn shutdown_token() -> CancellationToken {
 /// section in this crate is a single insert, remove or field update).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the mode the arguments select (docs/runpod-protocol.md, *Modes*).
+pub(crate) async fn run_mode(launch: exec::Launch<'_>) -> anyhow::Result<ExitCode> {
+    match launch.args.mode() {
+        Mode::LocalTest => local::run(launch).await,
+        Mode::EndpointApi => serve::run(launch).await,
+        Mode::Serverless => worker::run(launch).await,
+    }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::args::{RuntimeArgs, Timings};
-use crate::exec::{program_name, run_mode, HandlerInit, Launch};
+use crate::exec::{program_name, HandlerInit, Launch};
 use crate::func::IntoHandler;
+use crate::run_mode;
 use crate::telemetry::{self, LogArgs};
 
 /// Every flag (and environment variable) [`start`] reads: the runtime's and logging's.

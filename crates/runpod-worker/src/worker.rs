@@ -71,7 +71,7 @@ pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
     let cfg = args.handler_config(handler.config());
 
     let held = HeldJobs::default();
-    let heartbeat = match args.heartbeat(&timings) {
+    let heartbeat = match crate::heartbeat::PingConfig::from_args(args, &timings) {
         Some(ping) => {
             Some(Heartbeat::start(ping, held.clone()).context("starting the heartbeat thread")?)
         }

@@ -48,7 +48,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/status/{id}", get(dev::status).post(dev::status))
         .route("/stream/{id}", get(dev::stream).post(dev::stream))
         .layer(middleware::from_fn_with_state(
-            api.clone(),
+            api.api_key.as_deref().map(Arc::<str>::from),
             request::require_key,
         ))
         .with_state(api)
@@ -72,7 +72,7 @@ pub(crate) async fn run(launch: Launch<'_>) -> anyhow::Result<ExitCode> {
         stop.clone(),
     ));
     // Like the SDK's dev server: ping RunPod when the heartbeat variables are set.
-    let _heartbeat = match args.heartbeat(&api.timings) {
+    let _heartbeat = match crate::heartbeat::PingConfig::from_args(args, &api.timings) {
         Some(ping) => Some(
             Heartbeat::start(ping, api.held.clone()).context("starting the heartbeat thread")?,
         ),

@@ -12,8 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::store::Api;
-
 /// `/run` body limit (docs/runpod-protocol.md, *Endpoint API limits*).
 pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
 /// `/runsync` body limit.
@@ -159,8 +157,15 @@ fn same_key(given: &str, key: &str) -> bool {
     diff == 0
 }
 
-pub(super) async fn require_key(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &api.api_key {
+/// Middleware: with a local API key configured, answers 401 to requests that do not carry it
+/// (`Authorization: <key>` or `Authorization: Bearer <key>`). The state is the key itself, so
+/// request parsing needs nothing from the job store.
+pub(super) async fn require_key(
+    State(key): State<Option<Arc<str>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = key.as_deref() {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
