@@ -3,7 +3,7 @@
 
 mod common_sampling;
 
-use common_sampling::{case_f32, manifest, read_npy, reference_dir};
+use common_sampling::{case_f32, manifest, read_npy, reference_dir, usize_list};
 use sdxl_worker::sampling::rng::{ImageRng, NoiseKind, TorchRng};
 
 fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
@@ -41,12 +41,7 @@ fn randn_fixtures_bit_exact() {
     for e in sorted {
         let file = e["file"].as_str().unwrap();
         let seed = e["seed"].as_u64().unwrap();
-        let shape: Vec<usize> = e["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as usize)
-            .collect();
+        let shape = usize_list(&e["shape"]);
         let want = read_npy::<f32>(&reference_dir().join(file));
         assert_eq!(want.shape, shape, "{file}");
         let n = shape.iter().product();
@@ -75,12 +70,7 @@ fn case_noise_and_draws_bit_exact() {
     let manifest = manifest();
     for case in manifest["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
-        let shape: Vec<usize> = case["latent_shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as usize)
-            .collect();
+        let shape = usize_list(&case["latent_shape"]);
         let batch = shape[0];
         let per: usize = shape[1..].iter().product();
         let seed = case["seed"].as_u64().unwrap();

@@ -2,9 +2,9 @@
 //! images through the engine thread and print one JSON object with the timings and memory.
 
 use super::engine::Engine;
-use super::txt2img::{GenerateRequest, PipelineConfig, WeightsSource};
 use super::EngineArgs;
-use crate::sampling::SamplerKind;
+use super::{GenerateRequest, PipelineConfig, WeightsSource};
+use crate::sampling::names::parse_sampler_label;
 use crate::weights::layout::SdxlDims;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -35,7 +35,8 @@ pub struct BenchArgs {
     pub height: u32,
     #[arg(long, env = "BENCH_STEPS", default_value_t = 20)]
     pub steps: u32,
-    /// Sampler name: euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddim, euler_karras.
+    /// Sampler, named as in a job's `scheduler` field (`euler`, `euler_a`, `dpmpp_2m`,
+    /// `DPM++ 2M Karras`, `ddim`, …); the schedule is the one a job with that name gets.
     #[arg(long, env = "BENCH_SAMPLER", default_value = "euler_a")]
     pub sampler: String,
     /// Images generated one request after another; the first includes warm-up costs.
@@ -89,7 +90,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 
 /// Runs the benchmark and prints its JSON report on stdout.
 pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
-    let (sampler, schedule) = SamplerKind::parse_with_schedule(&args.sampler)?;
+    let (sampler, schedule) = parse_sampler_label(&args.sampler)?;
     let source = match (&args.checkpoint, args.synthetic) {
         (_, Some(SyntheticLayout::Sdxl)) => WeightsSource::Synthetic(SdxlDims::sdxl_base()),
         (_, Some(SyntheticLayout::Mini)) => WeightsSource::Synthetic(SdxlDims::mini_m()),

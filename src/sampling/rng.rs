@@ -166,9 +166,7 @@ impl TorchRng {
         shape: &[usize],
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let n = shape.iter().product();
-        let data = self.randn(n);
-        Tensor::from_vec(data, shape, device)
+        shaped(shape, device, |n| self.randn(n))
     }
 }
 
@@ -285,7 +283,10 @@ mod cephes {
 /// Which random source makes the initial and sampler noise (A1111's "Random number generator
 /// source"): `Cpu` is torch's CPU generator (diffusers, ComfyUI, A1111 "CPU"), `Nv` A1111's
 /// GPU-independent imitation of torch's CUDA Philox generator (A1111's default "NV"/"GPU").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Serialised as its request name (`cpu`, `nv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NoiseKind {
     #[default]
     Cpu,
@@ -293,6 +294,11 @@ pub enum NoiseKind {
 }
 
 impl NoiseKind {
+    /// The names requests use (`noise`), compared case-insensitively: `gpu` is A1111's
+    /// older label of its NV generator.
+    pub const LABELS: &'static [(&'static str, NoiseKind)] =
+        &[("cpu", Self::Cpu), ("nv", Self::Nv), ("gpu", Self::Nv)];
+
     /// The value as requests and infotexts spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -355,8 +361,7 @@ impl ImageRng {
         shape: &[usize],
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let n = shape.iter().product();
-        Tensor::from_vec(self.randn(n), shape, device)
+        shaped(shape, device, |n| self.randn(n))
     }
 }
 
@@ -379,6 +384,15 @@ pub fn randn_batch(
     full.push(rngs.len());
     full.extend_from_slice(shape);
     Tensor::from_vec(data, full, device)
+}
+
+/// `draw(numel)` as a tensor of `shape` (C order, like torch) on `device`.
+fn shaped(
+    shape: &[usize],
+    device: &Device,
+    draw: impl FnOnce(usize) -> Vec<f32>,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(draw(shape.iter().product()), shape, device)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The samplers users pick by name, written once in σ-space (k-diffusion's formulation,
-//! formats.md §4.3) and driven by a model callback, so samplers that evaluate the model more
+//! The samplers users pick by name, written once in σ-space (k-diffusion's formulation; see
+//! docs/sampling.md, *Samplers*) and driven by a model callback, so samplers that evaluate the model more
 //! than once per step (Heun, DPM2, DPM++ SDE) and multistep ones (DPM++ 2M/3M, UniPC) share
 //! one loop.
 //!
@@ -210,6 +210,13 @@ impl SamplerKind {
     }
 }
 
+/// Serialised as its canonical [`name`](SamplerKind::name) (the echoed job request).
+impl serde::Serialize for SamplerKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// How diffusers' scheduler classes differ in spacing, timesteps and initial noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -400,8 +407,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Lays out the schedule for `steps` steps (formats.md §4.2; the rules per schedule group
-    /// are on [`SigmaSchedule`]).
+    /// Lays out the schedule for `steps` steps (the rules per schedule group are on
+    /// [`SigmaSchedule`]; the formulas in docs/sampling.md, *Schedules*).
     pub fn new(
         kind: SamplerKind,
         schedule: SigmaSchedule,
@@ -600,6 +607,24 @@ impl Sampler {
         Ok(self.sigmas[start])
     }
 
+    /// DPM2's second-order step from σ to `to`: an Euler step to `mid`, one more model call
+    /// there, then the whole step with the slope at `mid` (DPM2 and DPM2 a differ only in
+    /// `mid` and `to`).
+    fn midpoint_step<E: From<SamplingError>>(
+        &self,
+        x: &Tensor,
+        d: &Tensor,
+        sigma: f32,
+        mid: f32,
+        to: f32,
+        model: &mut dyn FnMut(&Tensor, f32, f64) -> Result<Tensor, E>,
+    ) -> Result<Tensor, E> {
+        let x2 = euler(x, d, sigma, mid)?;
+        let d2 = model(&x2, mid, self.timestep_for(mid))?;
+        let deriv2 = slope(&x2, &d2, mid)?;
+        Ok(add_scaled(x, &deriv2, to - sigma)?)
+    }
+
     /// Runs the sampler from step `start` to the end on k-space latents `x` ([N, C, H, W]).
     ///
     /// `model(x, σ, t)` returns `D` (use [`ModelSampling`] on the guided UNet output); it is
@@ -655,10 +680,7 @@ impl Sampler {
                         euler(&x, &d, sigma, sigma_next)?
                     } else {
                         let mid = log_midpoint(sigma_next, sigma);
-                        let x2 = euler(&x, &d, sigma, mid)?;
-                        let d2 = model(&x2, mid, self.timestep_for(mid))?;
-                        let deriv2 = slope(&x2, &d2, mid)?;
-                        add_scaled(&x, &deriv2, sigma_next - sigma)?
+                        self.midpoint_step(&x, &d, sigma, mid, sigma_next, model)?
                     }
                 }
                 SamplerKind::Dpm2Ancestral => {
@@ -667,10 +689,7 @@ impl Sampler {
                         euler(&x, &d, sigma, down)?
                     } else {
                         let mid = log_midpoint(sigma, down);
-                        let x2 = euler(&x, &d, sigma, mid)?;
-                        let d2 = model(&x2, mid, self.timestep_for(mid))?;
-                        let deriv2 = slope(&x2, &d2, mid)?;
-                        let x = add_scaled(&x, &deriv2, down - sigma)?;
+                        let x = self.midpoint_step(&x, &d, sigma, mid, down, model)?;
                         let z = noise.gaussian()?;
                         add_scaled(&x, &z, up)?
                     }

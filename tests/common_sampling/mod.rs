@@ -25,12 +25,14 @@ pub fn read_npy<T: npyz::Deserialize>(path: &std::path::Path) -> Npy<T> {
     Npy { shape, data }
 }
 
-/// Reads a case array that is float32 or int64 (timesteps differ by scheduler) as f64.
-pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
-    let path = reference_dir().join("cases").join(case).join(file);
-    let bytes = std::fs::read(&path).unwrap();
+/// Reads a float32, float64 or int64 `.npy` as f64 (timestep dtypes differ by scheduler
+/// class; every value of those files is exact in f64).
+pub fn read_npy_f64(path: &std::path::Path) -> Npy<f64> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    match npy.dtype().descr().trim_matches('\'') {
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let data = match npy.dtype().descr().trim_matches('\'') {
+        "<f8" => npy.into_vec::<f64>().unwrap(),
         "<f4" => npy
             .into_vec::<f32>()
             .unwrap()
@@ -44,7 +46,22 @@ pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
             .map(|v| v as f64)
             .collect(),
         other => panic!("{}: unexpected dtype {other}", path.display()),
-    }
+    };
+    Npy { shape, data }
+}
+
+/// Reads a case array that is float32 or int64 (timesteps differ by scheduler) as f64.
+pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
+    read_npy_f64(&reference_dir().join("cases").join(case).join(file)).data
+}
+
+/// A manifest's list of sizes (`shape`, `latent_shape`).
+pub fn usize_list(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap() as usize)
+        .collect()
 }
 
 /// Reads a float32 array of a reference case.
