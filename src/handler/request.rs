@@ -267,12 +267,13 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// How names are compared: surrounding white space and case do not count.
 fn label_key(s: &str) -> String {
     s.trim().to_ascii_lowercase()
 }
 
-/// Reads a name through `parse` (given the trimmed text) or records an error listing
-/// `allowed`. Non-string values are errors too.
+/// Reads a name through `parse` or records an error listing `allowed`. Non-string values are
+/// errors too.
 fn named<T>(
     c: &mut Checker,
     field: &str,

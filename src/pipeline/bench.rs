@@ -5,6 +5,7 @@ use super::engine::Engine;
 use super::EngineArgs;
 use super::{GenerateRequest, PipelineConfig, WeightsSource};
 use crate::sampling::names::parse_sampler_label;
+use crate::sampling::{SamplerKind, SamplingError, SigmaSchedule};
 use crate::weights::layout::SdxlDims;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -52,6 +53,14 @@ pub struct BenchArgs {
     pub prompt: String,
 }
 
+impl BenchArgs {
+    /// The sampler and schedule `--sampler` names, read exactly as a job's `scheduler` field
+    /// (so `dpmpp_2m` runs DPM++ 2M Karras in both).
+    pub fn sampler_choice(&self) -> Result<(SamplerKind, SigmaSchedule), SamplingError> {
+        parse_sampler_label(&self.sampler)
+    }
+}
+
 /// Built-in layouts for `--synthetic`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SyntheticLayout {
@@ -90,7 +99,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 
 /// Runs the benchmark and prints its JSON report on stdout.
 pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
-    let (sampler, schedule) = parse_sampler_label(&args.sampler)?;
+    let (sampler, schedule) = args.sampler_choice()?;
     let source = match (&args.checkpoint, args.synthetic) {
         (_, Some(SyntheticLayout::Sdxl)) => WeightsSource::Synthetic(SdxlDims::sdxl_base()),
         (_, Some(SyntheticLayout::Mini)) => WeightsSource::Synthetic(SdxlDims::mini_m()),
@@ -200,4 +209,49 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    /// `bench --sampler NAME` and a job with `"scheduler": NAME` run the same sampler on the
+    /// same schedule.
+    #[test]
+    fn bench_and_job_pick_the_same_schedule() {
+        for name in [
+            "dpmpp_2m",
+            "euler",
+            "DPM++ 2M SDE",
+            "ddim",
+            "lcm",
+            "euler karras",
+        ] {
+            let cli =
+                Cli::try_parse_from(["bench", "--synthetic", "mini", "--sampler", name]).unwrap();
+            let job = crate::handler::request::parse(
+                &serde_json::json!({"prompt": "x", "scheduler": name}),
+                &Default::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                cli.bench.sampler_choice().unwrap(),
+                (job.sampler, job.schedule),
+                "{name}"
+            );
+        }
+        let cli =
+            Cli::try_parse_from(["bench", "--synthetic", "mini", "--sampler", "dpmpp_2m"]).unwrap();
+        assert_eq!(
+            cli.bench.sampler_choice().unwrap(),
+            (SamplerKind::DpmPp2m, SigmaSchedule::Karras)
+        );
+    }
 }

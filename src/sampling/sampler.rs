@@ -1185,18 +1185,21 @@ mod tests {
                 };
                 let de = e.denoised(&eps, &x, sigma, 500.0).unwrap();
                 let dv = vp.denoised(&v, &x, sigma, 500.0).unwrap();
-                let diff = (de - dv)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs(&(de - dv).unwrap());
                 // Relative to |x| (σ·ε up to 1e4 at σ = 4096).
                 assert!(diff <= 1e-6 * (1.0 + 2.2 * sigma), "σ {sigma}: {diff}");
             }
         }
+    }
+
+    /// max |t|.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// Every sampler on every schedule of a v-pred zero-terminal-SNR config (σ_max 4096)
@@ -1225,13 +1228,7 @@ mod tests {
                 let out = s
                     .sample(x, 0, &mut src, &mut model, &mut |_| Ok(()))
                     .unwrap();
-                let m = out
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let m = max_abs(&out);
                 assert!(m.is_finite(), "{kind:?} {schedule:?}");
             }
         }
