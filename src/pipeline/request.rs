@@ -36,7 +36,8 @@ pub struct GenerateRequest {
     pub seed: u64,
     pub num_images: u32,
     /// LoRAs `(name, weight, clip_weight)` from the request's `loras` list; `<lora:…>` tags
-    /// in the prompt add to them. Applied by [`SdxlPipeline::generate_with_loras`].
+    /// in the prompt add to them. Applied by
+    /// [`SdxlPipeline::generate_with_loras`](super::SdxlPipeline::generate_with_loras).
     pub loras: Vec<RequestedLora>,
     /// CLIP layer counted from the end as A1111/Civitai count it: 2 = penultimate (what SDXL
     /// is trained with, diffusers' default), 1 = last layer, 3 = one further back.
