@@ -3,24 +3,8 @@
 
 mod common_sampling;
 
-use common_sampling::{case_f32, manifest, read_npy, reference_dir, usize_list};
+use common_sampling::{assert_bits_equal, case_f32, manifest, read_npy, reference_dir, usize_list};
 use sdxl_worker::sampling::rng::{ImageRng, NoiseKind, TorchRng};
-
-fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mismatches: Vec<usize> = (0..got.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .collect();
-    assert!(
-        mismatches.is_empty(),
-        "{what}: {} of {} values differ, first at {}: got {} want {}",
-        mismatches.len(),
-        got.len(),
-        mismatches[0],
-        got[mismatches[0]],
-        want[mismatches[0]]
-    );
-}
 
 /// Every file of `reference/randn/`, including consecutive calls on one generator (which
 /// exercise the scalar path's cached second value across calls) and sizes around 16.

@@ -19,8 +19,7 @@ use parity_support::{
     assert_close, check_image, fixtures, npy, pipeline, samplers_case as case,
     samplers_manifest as manifest, samplers_request, LATENT_TOL,
 };
-use sdxl_worker::pipeline::DenoiseFrom;
-use sdxl_worker::pipeline::{GenerateRequest, Timings};
+use sdxl_worker::pipeline::{DenoiseFrom, GenerateRequest, Timings};
 use sdxl_worker::sampling::SamplerKind;
 
 fn run_case(id: &str) {

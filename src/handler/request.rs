@@ -79,7 +79,9 @@ fn shown_url(url: &str) -> String {
     }
 }
 
-/// img2img settings of a request.
+/// img2img settings of a request. The engine's `InitImage` holds the decoded image instead;
+/// this keeps where it comes from and the strength as sent (f64, for the echoed request and
+/// the infotext).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Img2ImgInput {
     pub source: ImageSource,
@@ -87,7 +89,8 @@ pub struct Img2ImgInput {
     pub strength: f64,
 }
 
-/// Hires-fix settings of a request.
+/// Hires-fix settings of a request, in the f64 numbers the client sent (the echoed request
+/// and the infotext show them); the engine's `HiresFix` takes them as f32.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct HiresInput {
     pub scale: f64,

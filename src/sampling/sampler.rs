@@ -111,8 +111,10 @@ impl SamplerKind {
     }
 
     /// Parses `name` that may carry the schedule as a suffix (`dpmpp_2m_karras`,
-    /// `euler_a_sgm_uniform`), as the fixtures, bench flags and many UIs name them. Without
-    /// a suffix the schedule is [`SigmaSchedule::Default`].
+    /// `euler_a_sgm_uniform`), as the parity fixtures name their cases. Without a suffix the
+    /// schedule is [`SigmaSchedule::Default`], the diffusers spacing the references were made
+    /// with. Names from users (jobs, `bench --sampler`) go through [`super::names`] instead,
+    /// where a bare sampler gets its A1111 default schedule.
     pub fn parse_with_schedule(name: &str) -> Result<(Self, SigmaSchedule), SamplingError> {
         let lower = name.trim().to_ascii_lowercase().replace([' ', '-'], "_");
         if let Ok(kind) = Self::parse(&lower) {

@@ -1,4 +1,4 @@
-//! Test helpers shared by the noise, sampling and tokenizer tests: reading the diffusers
+//! Test helpers shared by the noise, Brownian-tree, sampling and tokenizer tests: reading the diffusers
 //! reference arrays (`tests/fixtures/reference/`) and comparing tensors relative to their scale.
 #![allow(dead_code)]
 
@@ -95,4 +95,21 @@ pub fn rel_max_abs(got: &[f32], want: &[f32]) -> f64 {
     } else {
         diff / scale
     }
+}
+
+/// Asserts `got` equals `want` bit for bit, naming how many values differ and the first.
+pub fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mismatches: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "{what}: {} of {} values differ, first at {}: got {} want {}",
+        mismatches.len(),
+        got.len(),
+        mismatches[0],
+        got[mismatches[0]],
+        want[mismatches[0]]
+    );
 }
