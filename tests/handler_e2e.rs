@@ -33,6 +33,19 @@ fn engine_args() -> EngineArgs {
     }
 }
 
+/// The SDXL handler on the fixture models (`cache` holds what `models.toml` downloads), with
+/// the minimum side lowered to the fixture's 64 px.
+async fn fixture_handler(cache: &Path) -> anyhow::Result<SdxlHandler> {
+    let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
+    let manifest = fetch::Manifest::load(&fetch_args.models)?;
+    let models = fetch::prefetch(&fetch_args, &manifest).await?;
+    let handler = SdxlHandler::load(models, &engine_args(), None).await?;
+    Ok(handler.with_defaults(Defaults {
+        min_side: 64,
+        ..Defaults::default()
+    }))
+}
+
 /// Runs the serverless worker against `api` on its own thread until `shutdown` is cancelled.
 fn spawn_worker(api: &MockJobApi, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
     let args = api.args(1);
@@ -44,17 +57,8 @@ fn spawn_worker(api: &MockJobApi, shutdown: CancellationToken) -> std::thread::J
             .unwrap();
         rt.block_on(async move {
             let cache = tempfile::tempdir().unwrap();
-            let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache.path());
-            let init = async move {
-                let manifest = fetch::Manifest::load(&fetch_args.models)?;
-                let models = fetch::prefetch(&fetch_args, &manifest).await?;
-                let handler = SdxlHandler::load(models, &engine_args(), None).await?;
-                let defaults = Defaults {
-                    min_side: 64,
-                    ..Defaults::default()
-                };
-                Ok(Arc::new(handler.with_defaults(defaults)))
-            };
+            let cache_dir = cache.path().to_path_buf();
+            let init = async move { Ok(Arc::new(fixture_handler(&cache_dir).await?)) };
             let code = runpod::run_with_timings(&args, Timings::fast(), init, shutdown)
                 .await
                 .unwrap();
@@ -425,16 +429,7 @@ fn stages_run_one_by_one_match_the_whole_handler() {
         .unwrap();
     rt.block_on(async {
         let cache = tempfile::tempdir().unwrap();
-        let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache.path());
-        let manifest = fetch::Manifest::load(&fetch_args.models).unwrap();
-        let models = fetch::prefetch(&fetch_args, &manifest).await.unwrap();
-        let handler = SdxlHandler::load(models, &engine_args(), None)
-            .await
-            .unwrap()
-            .with_defaults(Defaults {
-                min_side: 64,
-                ..Defaults::default()
-            });
+        let handler = fixture_handler(cache.path()).await.unwrap();
         let input = json!({"prompt": "a photo of a cat", "width": 64, "height": 64,
                            "steps": 2, "seed": 7, "scheduler": "euler"});
 
