@@ -157,17 +157,6 @@ impl TorchRng {
         }
         data
     }
-
-    /// [`TorchRng::randn`] shaped as `shape` (C order, like torch) and placed on `device`.
-    /// The numbers are always generated on the host, as diffusers does with a CPU generator, so
-    /// the result is the same on every device.
-    pub fn randn_tensor(
-        &mut self,
-        shape: &[usize],
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        shaped(shape, device, |n| self.randn(n))
-    }
 }
 
 /// Box–Muller over one block of 16 uniforms in place, as torch's AVX2 kernel
@@ -355,13 +344,16 @@ impl ImageRng {
         }
     }
 
-    /// A standard normal tensor of `shape` (float32).
+    /// A standard normal tensor of `shape` (float32, C order like torch). The numbers are
+    /// always generated on the host, as diffusers does with a CPU generator, so the result is
+    /// the same on every device.
     pub fn randn_tensor(
         &mut self,
         shape: &[usize],
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        shaped(shape, device, |n| self.randn(n))
+        let n = shape.iter().product();
+        Tensor::from_vec(self.randn(n), shape, device)
     }
 }
 
@@ -384,15 +376,6 @@ pub fn randn_batch(
     full.push(rngs.len());
     full.extend_from_slice(shape);
     Tensor::from_vec(data, full, device)
-}
-
-/// `draw(numel)` as a tensor of `shape` (C order, like torch) on `device`.
-fn shaped(
-    shape: &[usize],
-    device: &Device,
-    draw: impl FnOnce(usize) -> Vec<f32>,
-) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(draw(shape.iter().product()), shape, device)
 }
 
 #[cfg(test)]
