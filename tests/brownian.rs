@@ -2,8 +2,11 @@
 //! (torchsde 0.2.6, torch 2.15 CPU) returned for the same seeds and sigmas, recorded by
 //! `fixtures/tools/brownian_reference.py` into `fixtures/brownian/`.
 
+mod common_sampling;
+
 use std::path::{Path, PathBuf};
 
+use common_sampling::assert_bits_equal;
 use sdxl_worker::sampling::brownian::{BrownianTreeNoise, SeedSequence};
 
 fn dir() -> PathBuf {
@@ -84,17 +87,6 @@ fn cases() -> Vec<Case> {
             }
         })
         .collect()
-}
-
-fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let bad = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a.to_bits() != b.to_bits());
-    if let Some(i) = bad {
-        panic!("{what}: value {i} is {} want {}", got[i], want[i]);
-    }
 }
 
 /// Largest |got − want| / max(1, |want|) over a sample.

@@ -33,6 +33,19 @@ fn engine_args() -> EngineArgs {
     }
 }
 
+/// The SDXL handler on the fixture models (`cache` holds what `models.toml` downloads), with
+/// the minimum side lowered to the fixture's 64 px.
+async fn fixture_handler(cache: &Path) -> anyhow::Result<SdxlHandler> {
+    let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
+    let manifest = fetch::Manifest::load(&fetch_args.models)?;
+    let models = fetch::prefetch(&fetch_args, &manifest).await?;
+    let handler = SdxlHandler::load(models, &engine_args(), None).await?;
+    Ok(handler.with_defaults(Defaults {
+        min_side: 64,
+        ..Defaults::default()
+    }))
+}
+
 /// Runs the serverless worker against `api` on its own thread until `shutdown` is cancelled.
 fn spawn_worker(api: &MockJobApi, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
     let args = api.args(1);
@@ -44,17 +57,8 @@ fn spawn_worker(api: &MockJobApi, shutdown: CancellationToken) -> std::thread::J
             .unwrap();
         rt.block_on(async move {
             let cache = tempfile::tempdir().unwrap();
-            let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache.path());
-            let init = async move {
-                let manifest = fetch::Manifest::load(&fetch_args.models)?;
-                let models = fetch::prefetch(&fetch_args, &manifest).await?;
-                let handler = SdxlHandler::load(models, &engine_args(), None).await?;
-                let defaults = Defaults {
-                    min_side: 64,
-                    ..Defaults::default()
-                };
-                Ok(Arc::new(handler.with_defaults(defaults)))
-            };
+            let cache_dir = cache.path().to_path_buf();
+            let init = async move { Ok(Arc::new(fixture_handler(&cache_dir).await?)) };
             let code = runpod::run_with_timings(&args, Timings::fast(), init, shutdown)
                 .await
                 .unwrap();
@@ -410,4 +414,62 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
             "lcm",
         ),
     ]
+}
+
+/// The handler's stages compose: run one by one they give the images and infotext that
+/// `Handler::handle` gives for the same job, so a handler can replace one stage and keep
+/// the others.
+#[test]
+fn stages_run_one_by_one_match_the_whole_handler() {
+    use runpod::{Handler, Job, JobContext};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = tempfile::tempdir().unwrap();
+        let handler = fixture_handler(cache.path()).await.unwrap();
+        let input = json!({"prompt": "a photo of a cat", "width": 64, "height": 64,
+                           "steps": 2, "seed": 7, "scheduler": "euler"});
+
+        let started = std::time::Instant::now();
+        let ctx = JobContext::detached("stages");
+        let parsed = handler.parse(&input).unwrap();
+        assert_eq!(parsed.seed, 7);
+        let request = handler.prepare(&parsed).await.unwrap();
+        assert_eq!((request.width, request.steps), (64, 2));
+        let output = handler.generate(request, &ctx).await.unwrap();
+        let encoded = handler
+            .encode(&parsed, output.images, &output.seeds)
+            .await
+            .unwrap();
+        assert_eq!(encoded.files.len(), 1);
+        let staged = handler
+            .deliver(
+                "stages",
+                &parsed,
+                &output.seeds,
+                &output.timings,
+                encoded,
+                started,
+            )
+            .await
+            .unwrap();
+
+        let whole = handler
+            .handle(Job::new("whole", input), JobContext::detached("whole"))
+            .await
+            .unwrap();
+        for key in ["images", "seed", "seeds", "parameters"] {
+            assert_eq!(staged.value[key], whole.value[key], "{key}");
+        }
+        assert_eq!(
+            staged.value["info"]["request"],
+            whole.value["info"]["request"]
+        );
+
+        let err = handler.parse(&json!({"prompt": 5})).unwrap_err();
+        assert_eq!(err.error_type(), "invalid_input");
+    });
 }

@@ -3,24 +3,8 @@
 
 mod common_sampling;
 
-use common_sampling::{case_f32, manifest, read_npy, reference_dir};
+use common_sampling::{assert_bits_equal, case_f32, manifest, read_npy, reference_dir, usize_list};
 use sdxl_worker::sampling::rng::{ImageRng, NoiseKind, TorchRng};
-
-fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mismatches: Vec<usize> = (0..got.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .collect();
-    assert!(
-        mismatches.is_empty(),
-        "{what}: {} of {} values differ, first at {}: got {} want {}",
-        mismatches.len(),
-        got.len(),
-        mismatches[0],
-        got[mismatches[0]],
-        want[mismatches[0]]
-    );
-}
 
 /// Every file of `reference/randn/`, including consecutive calls on one generator (which
 /// exercise the scalar path's cached second value across calls) and sizes around 16.
@@ -41,12 +25,7 @@ fn randn_fixtures_bit_exact() {
     for e in sorted {
         let file = e["file"].as_str().unwrap();
         let seed = e["seed"].as_u64().unwrap();
-        let shape: Vec<usize> = e["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as usize)
-            .collect();
+        let shape = usize_list(&e["shape"]);
         let want = read_npy::<f32>(&reference_dir().join(file));
         assert_eq!(want.shape, shape, "{file}");
         let n = shape.iter().product();
@@ -75,12 +54,7 @@ fn case_noise_and_draws_bit_exact() {
     let manifest = manifest();
     for case in manifest["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
-        let shape: Vec<usize> = case["latent_shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as usize)
-            .collect();
+        let shape = usize_list(&case["latent_shape"]);
         let batch = shape[0];
         let per: usize = shape[1..].iter().product();
         let seed = case["seed"].as_u64().unwrap();

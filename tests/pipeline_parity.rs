@@ -123,16 +123,11 @@ async fn engine_thread_matches_direct_pipeline() {
 /// give finite images; here in mini-m's layout, f32 on the CPU.
 #[test]
 fn synthetic_weights_generate_finite_images() {
-    use sdxl_worker::pipeline::{DTypeArg, DeviceSpec, WeightsSource};
+    use sdxl_worker::pipeline::WeightsSource;
     use sdxl_worker::weights::layout::SdxlDims;
     let p = SdxlPipeline::load(&PipelineConfig {
         source: WeightsSource::Synthetic(SdxlDims::mini_m()),
-        vae: None,
-        device: DeviceSpec::Cpu,
-        dtype: DTypeArg::F32,
-        vae_dtype: DTypeArg::F32,
-        loras: Vec::new(),
-        lora_keep_originals: None,
+        ..PipelineConfig::cpu_f32("")
     })
     .unwrap();
     let mut req = request(case("m_euler_128x128_nolora_s0_n8"));
@@ -157,7 +152,7 @@ fn synthetic_weights_generate_finite_images() {
 /// agreement with the f32 image.
 #[test]
 fn half_precision_pipeline_runs() {
-    use sdxl_worker::pipeline::{DTypeArg, DeviceSpec, WeightsSource};
+    use sdxl_worker::pipeline::DTypeArg;
     let req = request(case("m_euler_128x128_nolora_s0_n8"));
     let reference = pipeline().generate(&req, &mut |_| {}, &|| false).unwrap();
     // candle's CPU backend has no bf16 matmul, so bf16 can only be exercised on a GPU.
@@ -166,13 +161,9 @@ fn half_precision_pipeline_runs() {
         (DTypeArg::F16, DTypeArg::F32),
     ] {
         let p = SdxlPipeline::load(&PipelineConfig {
-            source: WeightsSource::File(fixtures().join("mini-m.fp16.safetensors")),
-            vae: None,
-            device: DeviceSpec::Cpu,
             dtype,
             vae_dtype,
-            loras: Vec::new(),
-            lora_keep_originals: None,
+            ..PipelineConfig::cpu_f32(fixtures().join("mini-m.fp16.safetensors"))
         })
         .unwrap();
         let out = p.generate(&req, &mut |_| {}, &|| false).unwrap();

@@ -35,6 +35,20 @@ fn assert_close(name: &str, got: &[f32], want: &[f64], rel: f64) {
     }
 }
 
+/// ComfyUI `sgm_uniform` for 8 steps, which is also `normal` for 9 points without its
+/// second-to-last σ (the discard-penultimate rule of DPM2/UniPC).
+const SGM_UNIFORM_8: [f64; 9] = [
+    1.461464596e+01,
+    7.301984310e+00,
+    4.086082458e+00,
+    2.495968103e+00,
+    1.615581036e+00,
+    1.071159720e+00,
+    6.951500177e-01,
+    3.997021019e-01,
+    0.0,
+];
+
 /// ComfyUI `normal`, `sgm_uniform`, `simple`, `ddim_uniform` (its 7-step quirk: 8 σs) and
 /// the discard-penultimate rule of DPM2/UniPC; k-diffusion Karras and exponential; the beta
 /// schedule of A1111/diffusers. 8 steps, SDXL betas.
@@ -60,23 +74,7 @@ fn sigma_tables_match_independent_values() {
                 0.0,
             ],
         ),
-        (
-            "sgm_uniform",
-            Euler,
-            SgmUniform,
-            8,
-            [
-                1.461464596e+01,
-                7.301984310e+00,
-                4.086082458e+00,
-                2.495968103e+00,
-                1.615581036e+00,
-                1.071159720e+00,
-                6.951500177e-01,
-                3.997021019e-01,
-                0.0,
-            ],
-        ),
+        ("sgm_uniform", Euler, SgmUniform, 8, SGM_UNIFORM_8),
         (
             "simple",
             Euler,
@@ -180,23 +178,7 @@ fn sigma_tables_match_independent_values() {
             ],
         ),
         // normal(9) minus its second-to-last σ (ComfyUI DISCARD_PENULTIMATE_SIGMA_SAMPLERS).
-        (
-            "dpm_2 normal",
-            Dpm2,
-            Normal,
-            8,
-            [
-                1.461464596e+01,
-                7.301984310e+00,
-                4.086082458e+00,
-                2.495968103e+00,
-                1.615581036e+00,
-                1.071159720e+00,
-                6.951500177e-01,
-                3.997021019e-01,
-                0.0,
-            ],
-        ),
+        ("dpm_2 normal", Dpm2, Normal, 8, SGM_UNIFORM_8),
     ];
     for (name, kind, schedule, steps, want) in tables {
         assert_close(name, &sigmas(kind, schedule, steps), &want, 2e-6);

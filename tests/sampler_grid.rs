@@ -4,8 +4,7 @@
 //! that seed up to batched-matmul rounding (one generator per image, also for the samplers
 //! that add noise).
 
-use sdxl_worker::pipeline::txt2img::DenoiseFrom;
-use sdxl_worker::pipeline::{GenerateRequest, PipelineConfig, SdxlPipeline, Timings};
+use sdxl_worker::pipeline::{DenoiseFrom, GenerateRequest, PipelineConfig, SdxlPipeline, Timings};
 use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
 use std::path::Path;
 

@@ -16,11 +16,10 @@ mod parity_support;
 
 use candle_core::Tensor;
 use parity_support::{
-    check_image, fixtures, npy, pipeline, rel_err, samplers_case as case,
+    assert_close, check_image, fixtures, npy, pipeline, samplers_case as case,
     samplers_manifest as manifest, samplers_request, LATENT_TOL,
 };
-use sdxl_worker::pipeline::txt2img::DenoiseFrom;
-use sdxl_worker::pipeline::{GenerateRequest, Timings};
+use sdxl_worker::pipeline::{DenoiseFrom, GenerateRequest, Timings};
 use sdxl_worker::sampling::SamplerKind;
 
 fn run_case(id: &str) {
@@ -40,19 +39,12 @@ fn run_case(id: &str) {
         c["num_unet_calls"].as_u64().unwrap(),
         "{id}: UNet calls"
     );
-    let e = rel_err(
-        "final_latents",
-        &out.latents,
-        &dir.join("final_latents.npy"),
-    );
-    eprintln!("{id}: final_latents rel err {e:.2e}");
-    assert!(e <= LATENT_TOL, "{id}: final latents rel err {e:e}");
+    let latents = dir.join("final_latents.npy");
+    assert_close(id, "final_latents", &out.latents, &latents, LATENT_TOL);
     // The fixtures keep decoded floats for some cases only (size); PNGs for all.
     let floats = dir.join("image_float.npy");
     if floats.exists() {
-        let e = rel_err("image_float", &out.image_float, &floats);
-        eprintln!("{id}: image_float rel err {e:.2e}");
-        assert!(e <= LATENT_TOL, "{id}: decoded image rel err {e:e}");
+        assert_close(id, "image_float", &out.image_float, &floats, LATENT_TOL);
     }
     check_image(id, &out.images[0], &dir.join("image.png"));
 }
@@ -89,9 +81,8 @@ fn run_img2img(id: &str) {
     let run = c["num_unet_calls"].as_u64().unwrap() as u32;
     let expected: Vec<(u32, u32)> = (1..=run).map(|s| (s, run)).collect();
     assert_eq!(progress, expected, "{id}: progress over the steps run");
-    let e = rel_err("final_latents", &out, &dir.join("final_latents.npy"));
-    eprintln!("{id}: final_latents rel err {e:.2e}");
-    assert!(e <= LATENT_TOL, "{id}: final latents rel err {e:e}");
+    let latents = dir.join("final_latents.npy");
+    assert_close(id, "final_latents", &out, &latents, LATENT_TOL);
 }
 
 macro_rules! cases {

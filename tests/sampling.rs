@@ -7,7 +7,10 @@
 //! the SDXL `leading` config) and `tests/fixtures/reference-samplers/` (every sampler on
 //! several schedules, v-pred zero-SNR, img2img starts).
 
+mod common_sampling;
+
 use candle_core::{Device, Tensor};
+use common_sampling::{read_npy_f64, usize_list};
 use sdxl_worker::sampling::{
     ImageRng, NoiseKind, PredictionType, Sampler, SamplerKind, SamplerNoise, SamplingError,
     ScheduleConfig, SdeNoise, SigmaSchedule, StepInfo,
@@ -34,55 +37,20 @@ fn manifest(set: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-struct Npy {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
+type Npy = common_sampling::Npy<f32>;
 
 /// Reads a float32, float64 or int64 `.npy` as f32 values (timestep dtypes differ by class).
 fn npy(path: &Path) -> Npy {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape: Vec<usize> = f.shape().iter().map(|&d| d as usize).collect();
-    let data = match f.dtype().descr().trim_matches('\'') {
-        "<f4" => f.into_vec::<f32>().unwrap(),
-        "<f8" => f
-            .into_vec::<f64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        "<i8" => f
-            .into_vec::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        other => panic!("{}: dtype {other}", path.display()),
-    };
-    Npy { shape, data }
+    let a = read_npy_f64(path);
+    Npy {
+        shape: a.shape,
+        data: a.data.into_iter().map(|v| v as f32).collect(),
+    }
 }
 
 /// float64 view of an array that may be float64 (fractional timesteps).
 fn npy_f64(path: &Path) -> Vec<f64> {
-    let bytes = std::fs::read(path).unwrap();
-    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
-    match f.dtype().descr().trim_matches('\'') {
-        "<f8" => f.into_vec::<f64>().unwrap(),
-        "<f4" => f
-            .into_vec::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        "<i8" => f
-            .into_vec::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as f64)
-            .collect(),
-        other => panic!("dtype {other}"),
-    }
+    read_npy_f64(path).data
 }
 
 fn slice(a: &Npy, k: usize) -> Vec<f32> {
@@ -170,12 +138,7 @@ fn run_chain(set: &str, case: &serde_json::Value, step_tol: f64, recorded_sde: b
     // recorded model outputs are used either way, so the chain still checks the updates.
     let comfy = sampler.schedule().is_comfy();
     let t_tol = if comfy { 0.5 } else { TIMESTEP_TOL };
-    let shape: Vec<usize> = case["latent_shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
+    let shape = usize_list(&case["latent_shape"]);
     let batch = shape[0];
     let seed = case["seed"].as_u64().unwrap();
     let seeds: Vec<u64> = match case.get("image_seeds").and_then(|v| v.as_array()) {

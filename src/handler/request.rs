@@ -4,7 +4,12 @@
 
 use serde_json::{Map, Value};
 
-use crate::sampling::{SamplerKind, SigmaSchedule};
+use crate::image::OutputFormat;
+use crate::prompt::Emphasis;
+use crate::sampling::names::{
+    self, parse_schedule_label, SAMPLER_LABELS_ALLOWED, SCHEDULE_LABELS_ALLOWED,
+};
+use crate::sampling::{NoiseKind, SamplerKind, SdeNoise, SigmaSchedule};
 
 /// Largest prompt accepted, in characters. Long prompts are fine (they are chunked), but a
 /// megabyte of text is a mistake or an attack, not a prompt.
@@ -12,7 +17,7 @@ pub const MAX_PROMPT_CHARS: usize = 20_000;
 
 /// Largest width or height a job may ask for, hires fix included: 2048 × 2048 is 4.2 MP,
 /// four times SDXL's native size, which a 24 GB card still holds. The engine's own bound
-/// (`pipeline::txt2img::MAX_SIDE`) is wider, for direct library use.
+/// (`pipeline::MAX_SIDE`) is wider, for direct library use.
 pub const MAX_REQUEST_SIDE: u32 = 2048;
 
 /// Canonical field names with their accepted aliases. Anything else is rejected.
@@ -46,141 +51,6 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("hires_denoise", &[]),
 ];
 
-/// The schedule used when the request names none: A1111's "Automatic" choice for the
-/// sampler (Karras for DPM++ 2M / SDE and DPM2, exponential for the multistep SDE samplers),
-/// LCM on `sgm_uniform` as ComfyUI recommends, DDIM on the checkpoint's own diffusers
-/// spacing (as A1111's and diffusers' DDIM), and ComfyUI's `normal` otherwise.
-pub fn default_schedule(sampler: SamplerKind) -> SigmaSchedule {
-    match sampler {
-        S::DpmPp2m | S::DpmPpSde | S::Dpm2 | S::Dpm2Ancestral => Sch::Karras,
-        S::DpmPp2mSde | S::DpmPp3mSde => Sch::Exponential,
-        S::Ddim => Sch::Default,
-        S::Lcm => Sch::SgmUniform,
-        S::Euler | S::EulerAncestral | S::Heun | S::UniPc => Sch::Normal,
-    }
-}
-
-use SamplerKind as S;
-use SigmaSchedule as Sch;
-
-/// Sampler labels accepted in `scheduler` / `sampler_name` / `sampler` (compared
-/// case-insensitively): A1111 labels, also the older ones that carry the schedule
-/// ("DPM++ 2M Karras"), ComfyUI names, k-diffusion `k_` names and diffusers class names.
-const SAMPLER_LABELS: &[(&str, SamplerKind, Option<SigmaSchedule>)] = &[
-    ("euler", S::Euler, None),
-    ("k_euler", S::Euler, None),
-    ("eulerdiscretescheduler", S::Euler, None),
-    ("euler karras", S::Euler, Some(Sch::Karras)),
-    ("euler a", S::EulerAncestral, None),
-    ("euler_a", S::EulerAncestral, None),
-    ("euler_ancestral", S::EulerAncestral, None),
-    ("k_euler_ancestral", S::EulerAncestral, None),
-    ("k_euler_a", S::EulerAncestral, None),
-    ("eulerancestraldiscretescheduler", S::EulerAncestral, None),
-    ("heun", S::Heun, None),
-    ("k_heun", S::Heun, None),
-    ("heundiscretescheduler", S::Heun, None),
-    ("heun karras", S::Heun, Some(Sch::Karras)),
-    ("dpm2", S::Dpm2, None),
-    ("dpm_2", S::Dpm2, None),
-    ("k_dpm_2", S::Dpm2, None),
-    ("kdpm2discretescheduler", S::Dpm2, None),
-    ("dpm2 karras", S::Dpm2, Some(Sch::Karras)),
-    ("dpm2 a", S::Dpm2Ancestral, None),
-    ("dpm_2_a", S::Dpm2Ancestral, None),
-    ("dpm_2_ancestral", S::Dpm2Ancestral, None),
-    ("k_dpm_2_a", S::Dpm2Ancestral, None),
-    ("kdpm2ancestraldiscretescheduler", S::Dpm2Ancestral, None),
-    ("dpm2 a karras", S::Dpm2Ancestral, Some(Sch::Karras)),
-    ("dpm++ 2m", S::DpmPp2m, None),
-    ("dpmpp_2m", S::DpmPp2m, None),
-    ("k_dpmpp_2m", S::DpmPp2m, None),
-    ("dpm++ 2m karras", S::DpmPp2m, Some(Sch::Karras)),
-    ("dpmpp_2m_karras", S::DpmPp2m, Some(Sch::Karras)),
-    ("dpmsolvermultistep", S::DpmPp2m, None),
-    ("dpmsolvermultistepscheduler", S::DpmPp2m, None),
-    ("dpm++ sde", S::DpmPpSde, None),
-    ("dpmpp_sde", S::DpmPpSde, None),
-    ("k_dpmpp_sde", S::DpmPpSde, None),
-    ("dpmsolversdescheduler", S::DpmPpSde, None),
-    ("dpm++ sde karras", S::DpmPpSde, Some(Sch::Karras)),
-    ("dpmpp_sde_karras", S::DpmPpSde, Some(Sch::Karras)),
-    ("dpm++ 2m sde", S::DpmPp2mSde, None),
-    ("dpmpp_2m_sde", S::DpmPp2mSde, None),
-    ("k_dpmpp_2m_sde", S::DpmPp2mSde, None),
-    ("dpm++ 2m sde karras", S::DpmPp2mSde, Some(Sch::Karras)),
-    ("dpmpp_2m_sde_karras", S::DpmPp2mSde, Some(Sch::Karras)),
-    (
-        "dpm++ 2m sde exponential",
-        S::DpmPp2mSde,
-        Some(Sch::Exponential),
-    ),
-    ("dpm++ 3m sde", S::DpmPp3mSde, None),
-    ("dpmpp_3m_sde", S::DpmPp3mSde, None),
-    ("k_dpmpp_3m_sde", S::DpmPp3mSde, None),
-    ("dpm++ 3m sde karras", S::DpmPp3mSde, Some(Sch::Karras)),
-    ("dpmpp_3m_sde_karras", S::DpmPp3mSde, Some(Sch::Karras)),
-    (
-        "dpm++ 3m sde exponential",
-        S::DpmPp3mSde,
-        Some(Sch::Exponential),
-    ),
-    ("ddim", S::Ddim, None),
-    ("ddimscheduler", S::Ddim, None),
-    ("unipc", S::UniPc, None),
-    ("uni_pc", S::UniPc, None),
-    ("uni_pc_bh2", S::UniPc, None),
-    ("unipcmultistepscheduler", S::UniPc, None),
-    ("lcm", S::Lcm, None),
-    ("lcmscheduler", S::Lcm, None),
-];
-
-/// Schedule labels: ComfyUI scheduler names, A1111 "Schedule type" labels and diffusers'
-/// timestep spacings. "Automatic" keeps the sampler's default.
-const SCHEDULE_LABELS: &[(&str, Option<SigmaSchedule>)] = &[
-    ("automatic", None),
-    ("default", Some(Sch::Default)),
-    ("normal", Some(Sch::Normal)),
-    ("uniform", Some(Sch::Normal)),
-    ("karras", Some(Sch::Karras)),
-    ("exponential", Some(Sch::Exponential)),
-    ("sgm_uniform", Some(Sch::SgmUniform)),
-    ("sgm uniform", Some(Sch::SgmUniform)),
-    ("simple", Some(Sch::Simple)),
-    ("ddim_uniform", Some(Sch::DdimUniform)),
-    ("ddim", Some(Sch::DdimUniform)),
-    ("beta", Some(Sch::Beta)),
-    ("leading", Some(Sch::Leading)),
-    ("trailing", Some(Sch::Trailing)),
-    ("linspace", Some(Sch::Linspace)),
-];
-
-/// How prompt emphasis is applied (`prompt_weighting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightingName {
-    Comfy,
-    A1111,
-    A1111NoNorm,
-    None,
-}
-
-/// Random source of the noise (`noise`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoiseName {
-    Cpu,
-    Nv,
-}
-
-/// Noise of the SDE samplers (`sde_noise`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SdeNoiseName {
-    Brownian,
-    Gaussian,
-}
-
 /// Where an img2img input comes from. The image data itself is never echoed back.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,14 +59,6 @@ pub enum ImageSource {
     Inline(#[serde(serialize_with = "ser_len")] String),
     /// An http(s) URL; serialised without its query string (it may carry a token).
     Url(#[serde(serialize_with = "ser_url")] String),
-}
-
-fn ser_sampler<Z: serde::Serializer>(v: &SamplerKind, s: Z) -> Result<Z::Ok, Z::Error> {
-    s.serialize_str(v.name())
-}
-
-fn ser_schedule<Z: serde::Serializer>(v: &SigmaSchedule, s: Z) -> Result<Z::Ok, Z::Error> {
-    s.serialize_str(v.name())
 }
 
 fn ser_len<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -217,7 +79,9 @@ fn shown_url(url: &str) -> String {
     }
 }
 
-/// img2img settings of a request.
+/// img2img settings of a request. The engine's `InitImage` holds the decoded image instead;
+/// this keeps where it comes from and the strength as sent (f64, for the echoed request and
+/// the infotext).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Img2ImgInput {
     pub source: ImageSource,
@@ -225,7 +89,8 @@ pub struct Img2ImgInput {
     pub strength: f64,
 }
 
-/// Hires-fix settings of a request.
+/// Hires-fix settings of a request, in the f64 numbers the client sent (the echoed request
+/// and the infotext show them); the engine's `HiresFix` takes them as f32.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct HiresInput {
     pub scale: f64,
@@ -238,33 +103,6 @@ pub struct HiresInput {
 pub const DEFAULT_STRENGTH: f64 = 0.75;
 /// Default hires-fix denoising strength (A1111's default).
 pub const DEFAULT_HIRES_DENOISE: f64 = 0.7;
-
-/// Image file formats a job can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputFormat {
-    Png,
-    Jpeg,
-    Webp,
-}
-
-impl OutputFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "png",
-            OutputFormat::Jpeg => "jpeg",
-            OutputFormat::Webp => "webp",
-        }
-    }
-
-    pub fn mime(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "image/png",
-            OutputFormat::Jpeg => "image/jpeg",
-            OutputFormat::Webp => "image/webp",
-        }
-    }
-}
 
 /// One LoRA of a request, by its `models.toml` name.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -289,20 +127,18 @@ pub struct GenerateInput {
     pub guidance_scale: f64,
     /// `None` = draw a random seed (the one used is always returned).
     pub seed: Option<u64>,
-    #[serde(serialize_with = "ser_sampler")]
     pub sampler: SamplerKind,
-    #[serde(serialize_with = "ser_schedule")]
     pub schedule: SigmaSchedule,
     pub num_images: u32,
     pub checkpoint: Option<String>,
     pub loras: Vec<LoraRequest>,
     pub clip_skip: Option<u32>,
-    pub prompt_weighting: WeightingName,
+    pub prompt_weighting: Emphasis,
     pub guidance_rescale: f64,
     pub output_format: OutputFormat,
     pub output_quality: u8,
-    pub noise: NoiseName,
-    pub sde_noise: SdeNoiseName,
+    pub noise: NoiseKind,
+    pub sde_noise: SdeNoise,
     /// A1111 variation seed and strength.
     pub subseed: Option<(u64, f64)>,
     pub img2img: Option<Img2ImgInput>,
@@ -434,36 +270,34 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// How names are compared: surrounding white space and case do not count.
 fn label_key(s: &str) -> String {
     s.trim().to_ascii_lowercase()
 }
 
-fn allowed_samplers() -> String {
-    "Euler, Euler a, Heun, DPM2, DPM2 a, DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE, DDIM, \
-     UniPC, LCM (A1111 labels, optionally with Karras/Exponential; or ComfyUI names euler, \
-     euler_ancestral, heun, dpm_2, dpm_2_ancestral, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, \
-     dpmpp_3m_sde, ddim, uni_pc, lcm)"
-        .to_string()
-}
-
-fn allowed_schedules() -> String {
-    "automatic, normal, karras, exponential, sgm_uniform, simple, ddim_uniform, beta, leading, \
-     trailing, linspace"
-        .to_string()
+/// Reads a name through `parse` or records an error listing `allowed`. Non-string values are
+/// errors too.
+fn named<T>(
+    c: &mut Checker,
+    field: &str,
+    allowed: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let v = c.get(field)?;
+    let found = v.as_str().and_then(parse);
+    if found.is_none() {
+        c.fail(field, v, allowed);
+    }
+    found
 }
 
 /// Reads a closed set of names (case-insensitive) or records an error listing them.
 fn choice<T: Copy>(c: &mut Checker, field: &str, table: &[(&str, T)]) -> Option<T> {
-    let v = c.get(field)?;
-    let found = v
-        .as_str()
-        .map(label_key)
-        .and_then(|k| table.iter().find(|(l, _)| *l == k).map(|(_, t)| *t));
-    if found.is_none() {
-        let names: Vec<&str> = table.iter().map(|(l, _)| *l).collect();
-        c.fail(field, v, &names.join(", "));
-    }
-    found
+    let names: Vec<&str> = table.iter().map(|(l, _)| *l).collect();
+    named(c, field, &names.join(", "), |s| {
+        let key = label_key(s);
+        table.iter().find(|(l, _)| *l == key).map(|&(_, t)| t)
+    })
 }
 
 /// Reads and validates a job's `input`. All problems are returned together.
@@ -553,81 +387,29 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
         },
     };
 
-    let mut sampler = defaults.sampler;
-    let mut schedule_from_label = None;
-    if let Some(v) = c.get("scheduler") {
-        match v.as_str().map(label_key) {
-            Some(key) => match SAMPLER_LABELS.iter().find(|(l, _, _)| *l == key) {
-                Some((_, s, sch)) => {
-                    sampler = *s;
-                    schedule_from_label = *sch;
-                }
-                None => c.fail("scheduler", v, &allowed_samplers()),
-            },
-            None => c.fail("scheduler", v, &allowed_samplers()),
-        }
-    }
-    let mut schedule = schedule_from_label.unwrap_or(default_schedule(sampler));
-    if let Some(v) = c.get("schedule") {
-        match v
-            .as_str()
-            .map(label_key)
-            .and_then(|k| SCHEDULE_LABELS.iter().find(|(l, _)| *l == k))
-        {
-            Some((_, Some(s))) => schedule = *s,
-            Some((_, None)) => {}
-            None => c.fail("schedule", v, &allowed_schedules()),
-        }
-    }
+    let sampler = named(&mut c, "scheduler", SAMPLER_LABELS_ALLOWED, |s| {
+        s.parse().ok()
+    });
+    let schedule = named(&mut c, "schedule", SCHEDULE_LABELS_ALLOWED, |s| {
+        parse_schedule_label(s).ok()
+    });
+    let (sampler, schedule) = names::choose(sampler, defaults.sampler, schedule.flatten());
 
     let num_images = c.integer("num_images", 1, 8);
     let checkpoint = c.string("checkpoint");
     let clip_skip = c.integer("clip_skip", 1, 13).map(|n| n as u32);
-    let prompt_weighting = choice(
-        &mut c,
-        "prompt_weighting",
-        &[
-            ("comfy", WeightingName::Comfy),
-            ("comfyui", WeightingName::Comfy),
-            ("a1111", WeightingName::A1111),
-            ("a1111_no_norm", WeightingName::A1111NoNorm),
-            ("none", WeightingName::None),
-        ],
-    )
-    .unwrap_or(WeightingName::Comfy);
+    let prompt_weighting = choice(&mut c, "prompt_weighting", Emphasis::LABELS).unwrap_or_default();
     let guidance_rescale = c.number("guidance_rescale", 0.0, 1.0).unwrap_or(0.0);
-    let output_format = match c.get("output_format") {
-        None => OutputFormat::Png,
-        Some(v) => match v.as_str().map(label_key).as_deref() {
-            Some("png") => OutputFormat::Png,
-            Some("jpeg") | Some("jpg") => OutputFormat::Jpeg,
-            Some("webp") => OutputFormat::Webp,
-            _ => {
-                c.fail("output_format", v, "png, jpeg, webp");
-                OutputFormat::Png
-            }
-        },
-    };
+    let output_format = named(
+        &mut c,
+        "output_format",
+        OutputFormat::ALLOWED,
+        OutputFormat::from_name,
+    )
+    .unwrap_or(OutputFormat::Png);
     let output_quality = c.integer("output_quality", 1, 100).unwrap_or(90) as u8;
-    let noise = choice(
-        &mut c,
-        "noise",
-        &[
-            ("cpu", NoiseName::Cpu),
-            ("nv", NoiseName::Nv),
-            ("gpu", NoiseName::Nv),
-        ],
-    )
-    .unwrap_or(NoiseName::Cpu);
-    let sde_noise = choice(
-        &mut c,
-        "sde_noise",
-        &[
-            ("brownian", SdeNoiseName::Brownian),
-            ("gaussian", SdeNoiseName::Gaussian),
-        ],
-    )
-    .unwrap_or(SdeNoiseName::Brownian);
+    let noise = choice(&mut c, "noise", NoiseKind::LABELS).unwrap_or_default();
+    let sde_noise = choice(&mut c, "sde_noise", SdeNoise::LABELS).unwrap_or_default();
     let subseed = c.integer("subseed", 0, u64::MAX);
     let subseed_strength = c.number("subseed_strength", 0.0, 1.0);
     let subseed = match (subseed, subseed_strength) {
@@ -918,6 +700,8 @@ mod tests {
         assert_eq!((r.width, r.height), (2048, 2048));
     }
 
+    use crate::sampling::names::{SAMPLER_LABELS, SCHEDULE_LABELS};
+
     #[test]
     fn every_sampler_label_maps_and_every_default_schedule_is_listed() {
         for (label, sampler, _) in SAMPLER_LABELS {
@@ -934,6 +718,23 @@ mod tests {
         }
     }
 
+    /// `sdxl-worker bench --sampler NAME` reads names with `parse_sampler_label`; a job that
+    /// names the same sampler must get the same sampler and schedule.
+    #[test]
+    fn bench_and_job_read_sampler_names_alike() {
+        let bench = |name: &str| crate::sampling::names::parse_sampler_label(name).unwrap();
+        let r = ok(json!({"prompt": "x", "scheduler": "dpmpp_2m"}));
+        assert_eq!((r.sampler, r.schedule), bench("dpmpp_2m"));
+        assert_eq!(
+            bench("dpmpp_2m"),
+            (SamplerKind::DpmPp2m, SigmaSchedule::Karras)
+        );
+        for (label, _, _) in SAMPLER_LABELS {
+            let r = ok(json!({"prompt": "x", "scheduler": label}));
+            assert_eq!((r.sampler, r.schedule), bench(label), "{label}");
+        }
+    }
+
     #[test]
     fn generation_options_are_parsed() {
         let r = ok(
@@ -942,19 +743,13 @@ mod tests {
             "subseed": 77, "subseed_strength": 0.25}),
         );
         assert_eq!(r.clip_skip, Some(2));
-        assert_eq!(r.prompt_weighting, WeightingName::A1111);
+        assert_eq!(r.prompt_weighting, Emphasis::A1111);
         assert_eq!(r.guidance_rescale, 0.7);
-        assert_eq!(
-            (r.noise, r.sde_noise),
-            (NoiseName::Nv, SdeNoiseName::Gaussian)
-        );
+        assert_eq!((r.noise, r.sde_noise), (NoiseKind::Nv, SdeNoise::Gaussian));
         assert_eq!(r.subseed, Some((77, 0.25)));
         let r = ok(json!({"prompt": "x"}));
-        assert_eq!(r.prompt_weighting, WeightingName::Comfy);
-        assert_eq!(
-            (r.noise, r.sde_noise),
-            (NoiseName::Cpu, SdeNoiseName::Brownian)
-        );
+        assert_eq!(r.prompt_weighting, Emphasis::Comfy);
+        assert_eq!((r.noise, r.sde_noise), (NoiseKind::Cpu, SdeNoise::Brownian));
         assert_eq!((r.subseed, &r.img2img, r.hires), (None, &None, None));
         let e = errs(json!({"prompt": "x", "noise": "gpu0", "sde_noise": 1,
             "guidance_rescale": 1.5, "subseed_strength": 0.5, "prompt_weighting": "strong"}));

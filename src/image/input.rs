@@ -173,18 +173,6 @@ pub enum ImageInputError {
     Timeout { url: String, seconds: u64 },
 }
 
-impl ImageInputError {
-    /// Stable category for job error responses: the sender's mistake (`invalid_input`) or a
-    /// remote server that failed (`image_fetch_error`, worth a retry).
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::Http { .. } | Self::Network { .. } | Self::Timeout { .. } => "image_fetch_error",
-            Self::Resolve { .. } => "image_fetch_error",
-            _ => "invalid_input",
-        }
-    }
-}
-
 /// Decodes the request's input image from `image` (base64 / data URI) or `image_url`.
 /// Exactly one must be given. Decoding runs on a blocking thread so that a large JPEG does not
 /// stall the async runtime (heartbeats).

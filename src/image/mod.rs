@@ -9,7 +9,49 @@ use std::io::Cursor;
 
 use image::{ImageEncoder, RgbImage};
 
-use crate::handler::request::OutputFormat;
+/// Image file formats a job can ask for. Serialised as its request name (`png`, `jpeg`,
+/// `webp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl OutputFormat {
+    /// The names error messages list (`jpg` is accepted too, as a spelling of `jpeg`).
+    pub const ALLOWED: &'static str = "png, jpeg, webp";
+
+    /// The format called `name` (`png`, `jpeg`/`jpg`, `webp`; case and surrounding white
+    /// space do not count).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "png" => Some(Self::Png),
+            "jpeg" | "jpg" => Some(Self::Jpeg),
+            "webp" => Some(Self::Webp),
+            _ => None,
+        }
+    }
+
+    /// File name extension (object storage keys).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+            Self::Webp => "webp",
+        }
+    }
+
+    /// MIME type (data URIs, uploads).
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+}
 
 /// Failures while encoding an image.
 #[derive(Debug, thiserror::Error)]

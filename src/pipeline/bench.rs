@@ -2,9 +2,10 @@
 //! images through the engine thread and print one JSON object with the timings and memory.
 
 use super::engine::Engine;
-use super::txt2img::{GenerateRequest, PipelineConfig, WeightsSource};
 use super::EngineArgs;
-use crate::sampling::SamplerKind;
+use super::{GenerateRequest, PipelineConfig, WeightsSource};
+use crate::sampling::names::parse_sampler_label;
+use crate::sampling::{SamplerKind, SamplingError, SigmaSchedule};
 use crate::weights::layout::SdxlDims;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -35,7 +36,8 @@ pub struct BenchArgs {
     pub height: u32,
     #[arg(long, env = "BENCH_STEPS", default_value_t = 20)]
     pub steps: u32,
-    /// Sampler name: euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddim, euler_karras.
+    /// Sampler, named as in a job's `scheduler` field (`euler`, `euler_a`, `dpmpp_2m`,
+    /// `DPM++ 2M Karras`, `ddim`, …); the schedule is the one a job with that name gets.
     #[arg(long, env = "BENCH_SAMPLER", default_value = "euler_a")]
     pub sampler: String,
     /// Images generated one request after another; the first includes warm-up costs.
@@ -49,6 +51,14 @@ pub struct BenchArgs {
         default_value = "a photo of an astronaut riding a horse on the moon, highly detailed"
     )]
     pub prompt: String,
+}
+
+impl BenchArgs {
+    /// The sampler and schedule `--sampler` names, read exactly as a job's `scheduler` field
+    /// (so `dpmpp_2m` runs DPM++ 2M Karras in both).
+    pub fn sampler_choice(&self) -> Result<(SamplerKind, SigmaSchedule), SamplingError> {
+        parse_sampler_label(&self.sampler)
+    }
 }
 
 /// Built-in layouts for `--synthetic`.
@@ -89,7 +99,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 
 /// Runs the benchmark and prints its JSON report on stdout.
 pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
-    let (sampler, schedule) = SamplerKind::parse_with_schedule(&args.sampler)?;
+    let (sampler, schedule) = args.sampler_choice()?;
     let source = match (&args.checkpoint, args.synthetic) {
         (_, Some(SyntheticLayout::Sdxl)) => WeightsSource::Synthetic(SdxlDims::sdxl_base()),
         (_, Some(SyntheticLayout::Mini)) => WeightsSource::Synthetic(SdxlDims::mini_m()),
@@ -199,4 +209,49 @@ pub fn run(args: &BenchArgs, engine: &EngineArgs) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    /// `bench --sampler NAME` and a job with `"scheduler": NAME` run the same sampler on the
+    /// same schedule.
+    #[test]
+    fn bench_and_job_pick_the_same_schedule() {
+        for name in [
+            "dpmpp_2m",
+            "euler",
+            "DPM++ 2M SDE",
+            "ddim",
+            "lcm",
+            "euler karras",
+        ] {
+            let cli =
+                Cli::try_parse_from(["bench", "--synthetic", "mini", "--sampler", name]).unwrap();
+            let job = crate::handler::request::parse(
+                &serde_json::json!({"prompt": "x", "scheduler": name}),
+                &Default::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                cli.bench.sampler_choice().unwrap(),
+                (job.sampler, job.schedule),
+                "{name}"
+            );
+        }
+        let cli =
+            Cli::try_parse_from(["bench", "--synthetic", "mini", "--sampler", "dpmpp_2m"]).unwrap();
+        assert_eq!(
+            cli.bench.sampler_choice().unwrap(),
+            (SamplerKind::DpmPp2m, SigmaSchedule::Karras)
+        );
+    }
 }

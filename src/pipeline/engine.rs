@@ -2,7 +2,7 @@
 //! long denoise never blocks the async runtime (heartbeats, HTTP). Jobs arrive over a
 //! channel; each carries a one-shot reply, a progress callback and a cancellation token.
 
-use super::txt2img::{
+use super::{
     GenerateOutput, GenerateRequest, LoadInfo, PipelineConfig, PipelineError, Progress,
     SdxlPipeline,
 };
@@ -25,17 +25,6 @@ pub enum EngineError {
     /// The engine thread is gone (it is shutting down, or it died).
     #[error("the inference engine is not running")]
     Stopped,
-}
-
-impl EngineError {
-    /// A stable machine-readable category for job error responses.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::Pipeline(e) => e.error_type(),
-            Self::Panicked(_) => "internal_error",
-            Self::Stopped => "engine_stopped",
-        }
-    }
 }
 
 struct Job {

@@ -21,7 +21,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use super::txt2img::{
+use super::{
     DenoiseFrom, GenerateOutput, GenerateRequest, HiresFix, PipelineError, Progress, SdxlPipeline,
     Timings, MAX_SIDE, MAX_STEPS,
 };
@@ -301,7 +301,7 @@ impl SdxlPipeline {
         &self,
         req: &GenerateRequest,
         hires: &HiresFix,
-        cond: &super::txt2img::Conditioning,
+        cond: &super::Conditioning,
         seeds: &[u64],
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
@@ -365,7 +365,7 @@ impl SdxlPipeline {
         };
         // The second pass conditions on the new size (A1111 re-encodes its hires prompts with
         // the upscaled width/height); the text embeddings themselves do not change.
-        let second_cond = super::txt2img::Conditioning {
+        let second_cond = super::Conditioning {
             time_ids: self.time_ids(w2, h2)?,
             ..cond.clone()
         };

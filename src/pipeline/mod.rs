@@ -1,21 +1,42 @@
 //! The SDXL pipeline: prompt encoding, sampling loop, VAE decode, and the engine thread that
-//! owns the device.
+//! owns the device. Text-to-image follows diffusers' `StableDiffusionXLPipeline` step for step
+//! (see docs/parity.md for how that is checked).
 //!
-//! - [`SdxlPipeline`] (txt2img.rs): the loaded models and one synchronous `generate`.
-//! - [`Engine`] / [`EngineHandle`] (engine.rs): the pipeline on its own OS thread, driven
-//!   from async code over a channel.
-//! - `bench`: the `sdxl-worker bench` subcommand.
+//! [`SdxlPipeline`] is the loaded models with one synchronous `generate`; its methods are
+//! spread over one file per stage:
+//!
+//! - `request.rs`: [`GenerateRequest`] and [`GenerateOutput`], the limits of a request;
+//! - `error.rs`: [`PipelineError`];
+//! - `load.rs`: [`PipelineConfig`] → [`SdxlPipeline::load`];
+//! - `conditioning.rs`: prompts → [`Conditioning`] ([`SdxlPipeline::encode`]);
+//! - `denoise.rs`: the sampler loop ([`SdxlPipeline::denoise`], [`DenoiseFrom`]);
+//! - `decode.rs`: latents → pixels ([`SdxlPipeline::decode`]);
+//! - `generate.rs`: one request end to end, LoRA switch included;
+//! - `img2img.rs`: img2img and the hires fix; `image.rs`: tensors ↔ 8-bit images.
+//!
+//! Around it: [`Engine`] / [`EngineHandle`] (engine.rs), the pipeline on its own OS thread,
+//! driven from async code over a channel; `bench`, the `sdxl-worker bench` subcommand.
 
 pub mod bench;
+mod conditioning;
+mod decode;
+mod denoise;
 pub mod engine;
+mod error;
+mod generate;
 pub mod image;
 pub mod img2img;
-pub mod txt2img;
+mod load;
+mod request;
 
+pub use conditioning::Conditioning;
+pub use denoise::DenoiseFrom;
 pub use engine::{Engine, EngineError, EngineHandle};
-pub use txt2img::{
-    Conditioning, DenoiseFrom, GenerateOutput, GenerateRequest, HiresFix, InitImage, LoadInfo,
-    PipelineConfig, PipelineError, Progress, SdxlPipeline, Timings, Variation, WeightsSource,
+pub use error::PipelineError;
+pub use load::{LoadInfo, PipelineConfig, SdxlPipeline, WeightsSource};
+pub use request::{
+    GenerateOutput, GenerateRequest, HiresFix, InitImage, Progress, Timings, Variation, MAX_IMAGES,
+    MAX_SIDE, MAX_STEPS,
 };
 
 use candle_core::{DType, Device};
@@ -134,7 +155,7 @@ impl DTypeArg {
     }
 
     /// The VAE dtype for `device`: bf16 by default on a GPU, where f16 overflows in the
-    /// SDXL VAE (formats.md §2.7), and f32 on the CPU.
+    /// SDXL VAE (its activations overflow, giving NaN or black images), and f32 on the CPU.
     pub fn vae_dtype(self, device: &Device) -> DType {
         match self {
             Self::Auto if device.is_cpu() => DType::F32,

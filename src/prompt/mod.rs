@@ -38,7 +38,11 @@ static TOKENIZER_2_JSON: &[u8] =
 
 /// How `(word:1.2)` emphasis changes the embeddings, and which program's rules split a long
 /// prompt into chunks ([`chunks`]). The syntax itself is A1111's in every mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Serialised as the job API's `prompt_weighting` value ([`Emphasis::LABELS`]'s first name
+/// per mode: `comfy`, `a1111`, `a1111_no_norm`, `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Emphasis {
     /// ComfyUI: `z = (z − z_empty)·w + z_empty` per weighted token; ComfyUI's chunking.
     #[default]
@@ -50,40 +54,60 @@ pub enum Emphasis {
     A1111NoNorm,
     /// A1111 "Ignore": the syntax is parsed (brackets removed) but weights are ignored;
     /// A1111's chunking.
+    #[serde(rename = "none")]
     Ignore,
 }
 
 impl Emphasis {
-    /// Every mode with its request name, for parsing and for error messages.
-    pub const NAMES: [(&'static str, Emphasis); 4] = [
+    /// The names the job API accepts in `prompt_weighting` (compared case-insensitively),
+    /// in the order error messages list them. `none` is A1111's "None" option, [`Ignore`]
+    /// here.
+    ///
+    /// [`Ignore`]: Emphasis::Ignore
+    pub const LABELS: &'static [(&'static str, Emphasis)] = &[
         ("comfy", Emphasis::Comfy),
+        ("comfyui", Emphasis::Comfy),
         ("a1111", Emphasis::A1111),
         ("a1111_no_norm", Emphasis::A1111NoNorm),
-        ("ignore", Emphasis::Ignore),
+        ("none", Emphasis::Ignore),
     ];
 
-    /// The mode called `name` (see [`Emphasis::NAMES`]), case-insensitively; A1111's own
-    /// option names ("Original", "No norm") are accepted too.
-    pub fn from_name(name: &str) -> Option<Self> {
-        let lower = name.trim().to_ascii_lowercase();
-        match lower.as_str() {
-            "original" => Some(Emphasis::A1111),
-            "no norm" | "no_norm" => Some(Emphasis::A1111NoNorm),
-            _ => Self::NAMES
-                .iter()
-                .find(|(n, _)| *n == lower)
-                .map(|&(_, e)| e),
+    /// A1111's name of the mode for an infotext's `Emphasis:` field; `None` for ComfyUI's
+    /// mode, which A1111 does not have (the field is then left out).
+    pub fn infotext_label(self) -> Option<&'static str> {
+        match self {
+            Emphasis::Comfy => None,
+            Emphasis::A1111 => Some("Original"),
+            Emphasis::A1111NoNorm => Some("No norm"),
+            Emphasis::Ignore => Some("None"),
         }
     }
 
-    /// The request name of this mode.
+    /// The mode's request name (its first name in [`Emphasis::LABELS`]).
     pub fn name(self) -> &'static str {
         match self {
             Emphasis::Comfy => "comfy",
             Emphasis::A1111 => "a1111",
             Emphasis::A1111NoNorm => "a1111_no_norm",
-            Emphasis::Ignore => "ignore",
+            Emphasis::Ignore => "none",
         }
+    }
+}
+
+impl std::str::FromStr for Emphasis {
+    type Err = String;
+
+    /// Looks `name` up in [`Emphasis::LABELS`], case-insensitively; the error lists them.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let key = name.trim().to_ascii_lowercase();
+        Self::LABELS
+            .iter()
+            .find(|(n, _)| *n == key)
+            .map(|&(_, e)| e)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::LABELS.iter().map(|(n, _)| *n).collect();
+                format!("unknown emphasis {name:?}; allowed: {}", names.join(", "))
+            })
     }
 }
 
@@ -264,13 +288,13 @@ mod tests {
 
     #[test]
     fn emphasis_names_round_trip() {
-        for (name, e) in Emphasis::NAMES {
-            assert_eq!(Emphasis::from_name(name), Some(e));
-            assert_eq!(e.name(), name);
+        for &(name, e) in Emphasis::LABELS {
+            assert_eq!(name.to_uppercase().parse::<Emphasis>(), Ok(e));
+            assert_eq!(e.name().parse::<Emphasis>(), Ok(e));
         }
-        assert_eq!(Emphasis::from_name("Original"), Some(Emphasis::A1111));
-        assert_eq!(Emphasis::from_name("No norm"), Some(Emphasis::A1111NoNorm));
-        assert_eq!(Emphasis::from_name("comfyui"), None);
+        assert_eq!(Emphasis::Ignore.name(), "none");
+        assert_eq!(Emphasis::A1111NoNorm.infotext_label(), Some("No norm"));
+        assert!("Original".parse::<Emphasis>().is_err());
     }
 
     #[test]

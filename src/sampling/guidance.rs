@@ -1,7 +1,7 @@
 //! Classifier-free guidance on the UNet output, with diffusers' optional `guidance_rescale`
-//! (Lin et al. 2023, §3.4: rescaling the guided prediction back to the conditional one's
-//! standard deviation counters the over-exposure strong CFG causes with zero-terminal-SNR
-//! v-pred models).
+//! (from Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed":
+//! rescaling the guided prediction back to the conditional one's standard deviation counters
+//! the over-exposure strong CFG causes with zero-terminal-SNR v-pred models).
 
 use candle_core::{DType, Tensor};
 

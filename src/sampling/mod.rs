@@ -9,6 +9,11 @@
 //!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
 //! * [`sampler`]: the twelve samplers, driven by a model callback.
 //! * [`guidance`]: classifier-free guidance and diffusers' `guidance_rescale`.
+//! * [`names`]: the names users give samplers and schedules (A1111, ComfyUI, k-diffusion,
+//!   diffusers), and each sampler's default schedule; one reader for the job API and `bench`.
+//!
+//! docs/sampling.md describes the schedules, samplers and noise sources for readers of the
+//! whole picture.
 //!
 //! Choices where the reference implementations disagree (each documented where it is made):
 //! * One σ table for every schedule: diffusers' float32 betas (ComfyUI computes them in
@@ -28,18 +33,22 @@
 pub mod brownian;
 mod brownian_adaptor;
 pub mod guidance;
+pub mod names;
 pub mod philox;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod variation;
 
+pub use names::{default_schedule, SamplerLabel};
 pub use rng::{randn_batch, ImageRng, NoiseKind, TorchRng};
 pub use sampler::{ModelSampling, Sampler, SamplerKind, SamplerNoise, StepInfo};
 pub use schedule::{PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing};
 
-/// Where SDE samplers (DPM++ SDE, DPM++ 2M/3M SDE) get their noise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where SDE samplers (DPM++ SDE, DPM++ 2M/3M SDE) get their noise. Serialised as its
+/// request name (`brownian`, `gaussian`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SdeNoise {
     /// A Brownian tree seeded from the image seed (k-diffusion, ComfyUI, A1111, and diffusers'
     /// `DPMSolverSDEScheduler`).
@@ -48,6 +57,12 @@ pub enum SdeNoise {
     /// Independent draws from the image generator per step (diffusers'
     /// `DPMSolverMultistepScheduler` with `sde-dpmsolver++`).
     Gaussian,
+}
+
+impl SdeNoise {
+    /// The names requests use (`sde_noise`), compared case-insensitively.
+    pub const LABELS: &'static [(&'static str, SdeNoise)] =
+        &[("brownian", Self::Brownian), ("gaussian", Self::Gaussian)];
 }
 
 /// Errors of the sampling module. Names given by users (sampler, schedule, spacing) come back

@@ -1,5 +1,6 @@
 //! A1111's "NV" noise source: a CPU imitation of `torch.randn(..., device="cuda")` built on the
-//! Philox4x32-10 counter-based generator (A1111 `modules/rng_philox.py`, spec formats.md §5.2).
+//! Philox4x32-10 counter-based generator (A1111 `modules/rng_philox.py`; see docs/sampling.md,
+//! *Noise sources*).
 //!
 //! A1111 makes this its default random source so that a seed gives the same image on any GPU
 //! vendor (or none). Users who copy an A1111 infotext with `RNG: NV` expect our image to start

@@ -157,19 +157,6 @@ impl TorchRng {
         }
         data
     }
-
-    /// [`TorchRng::randn`] shaped as `shape` (C order, like torch) and placed on `device`.
-    /// The numbers are always generated on the host, as diffusers does with a CPU generator, so
-    /// the result is the same on every device.
-    pub fn randn_tensor(
-        &mut self,
-        shape: &[usize],
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let n = shape.iter().product();
-        let data = self.randn(n);
-        Tensor::from_vec(data, shape, device)
-    }
 }
 
 /// Box–Muller over one block of 16 uniforms in place, as torch's AVX2 kernel
@@ -285,7 +272,10 @@ mod cephes {
 /// Which random source makes the initial and sampler noise (A1111's "Random number generator
 /// source"): `Cpu` is torch's CPU generator (diffusers, ComfyUI, A1111 "CPU"), `Nv` A1111's
 /// GPU-independent imitation of torch's CUDA Philox generator (A1111's default "NV"/"GPU").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Serialised as its request name (`cpu`, `nv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NoiseKind {
     #[default]
     Cpu,
@@ -293,6 +283,11 @@ pub enum NoiseKind {
 }
 
 impl NoiseKind {
+    /// The names requests use (`noise`), compared case-insensitively: `gpu` is A1111's
+    /// older label of its NV generator.
+    pub const LABELS: &'static [(&'static str, NoiseKind)] =
+        &[("cpu", Self::Cpu), ("nv", Self::Nv), ("gpu", Self::Nv)];
+
     /// The value as requests and infotexts spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -349,7 +344,9 @@ impl ImageRng {
         }
     }
 
-    /// A standard normal tensor of `shape` (float32).
+    /// A standard normal tensor of `shape` (float32, C order like torch). The numbers are
+    /// always generated on the host, as diffusers does with a CPU generator, so the result is
+    /// the same on every device.
     pub fn randn_tensor(
         &mut self,
         shape: &[usize],

@@ -1,5 +1,5 @@
-//! The samplers users pick by name, written once in σ-space (k-diffusion's formulation,
-//! formats.md §4.3) and driven by a model callback, so samplers that evaluate the model more
+//! The samplers users pick by name, written once in σ-space (k-diffusion's formulation; see
+//! docs/sampling.md, *Samplers*) and driven by a model callback, so samplers that evaluate the model more
 //! than once per step (Heun, DPM2, DPM++ SDE) and multistep ones (DPM++ 2M/3M, UniPC) share
 //! one loop.
 //!
@@ -111,8 +111,10 @@ impl SamplerKind {
     }
 
     /// Parses `name` that may carry the schedule as a suffix (`dpmpp_2m_karras`,
-    /// `euler_a_sgm_uniform`), as the fixtures, bench flags and many UIs name them. Without
-    /// a suffix the schedule is [`SigmaSchedule::Default`].
+    /// `euler_a_sgm_uniform`), as the parity fixtures name their cases. Without a suffix the
+    /// schedule is [`SigmaSchedule::Default`], the diffusers spacing the references were made
+    /// with. Names from users (jobs, `bench --sampler`) go through [`super::names`] instead,
+    /// where a bare sampler gets its A1111 default schedule.
     pub fn parse_with_schedule(name: &str) -> Result<(Self, SigmaSchedule), SamplingError> {
         let lower = name.trim().to_ascii_lowercase().replace([' ', '-'], "_");
         if let Ok(kind) = Self::parse(&lower) {
@@ -207,6 +209,13 @@ impl SamplerKind {
     /// ComfyUI's `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`.
     fn discards_penultimate(self) -> bool {
         matches!(self, Self::Dpm2 | Self::Dpm2Ancestral | Self::UniPc)
+    }
+}
+
+/// Serialised as its canonical [`name`](SamplerKind::name) (the echoed job request).
+impl serde::Serialize for SamplerKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -400,8 +409,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Lays out the schedule for `steps` steps (formats.md §4.2; the rules per schedule group
-    /// are on [`SigmaSchedule`]).
+    /// Lays out the schedule for `steps` steps (the rules per schedule group are on
+    /// [`SigmaSchedule`]; the formulas in docs/sampling.md, *Schedules*).
     pub fn new(
         kind: SamplerKind,
         schedule: SigmaSchedule,
@@ -600,6 +609,24 @@ impl Sampler {
         Ok(self.sigmas[start])
     }
 
+    /// DPM2's second-order step from σ to `to`: an Euler step to `mid`, one more model call
+    /// there, then the whole step with the slope at `mid` (DPM2 and DPM2 a differ only in
+    /// `mid` and `to`).
+    fn midpoint_step<E: From<SamplingError>>(
+        &self,
+        x: &Tensor,
+        d: &Tensor,
+        sigma: f32,
+        mid: f32,
+        to: f32,
+        model: &mut dyn FnMut(&Tensor, f32, f64) -> Result<Tensor, E>,
+    ) -> Result<Tensor, E> {
+        let x2 = euler(x, d, sigma, mid)?;
+        let d2 = model(&x2, mid, self.timestep_for(mid))?;
+        let deriv2 = slope(&x2, &d2, mid)?;
+        Ok(add_scaled(x, &deriv2, to - sigma)?)
+    }
+
     /// Runs the sampler from step `start` to the end on k-space latents `x` ([N, C, H, W]).
     ///
     /// `model(x, σ, t)` returns `D` (use [`ModelSampling`] on the guided UNet output); it is
@@ -655,10 +682,7 @@ impl Sampler {
                         euler(&x, &d, sigma, sigma_next)?
                     } else {
                         let mid = log_midpoint(sigma_next, sigma);
-                        let x2 = euler(&x, &d, sigma, mid)?;
-                        let d2 = model(&x2, mid, self.timestep_for(mid))?;
-                        let deriv2 = slope(&x2, &d2, mid)?;
-                        add_scaled(&x, &deriv2, sigma_next - sigma)?
+                        self.midpoint_step(&x, &d, sigma, mid, sigma_next, model)?
                     }
                 }
                 SamplerKind::Dpm2Ancestral => {
@@ -667,10 +691,7 @@ impl Sampler {
                         euler(&x, &d, sigma, down)?
                     } else {
                         let mid = log_midpoint(sigma, down);
-                        let x2 = euler(&x, &d, sigma, mid)?;
-                        let d2 = model(&x2, mid, self.timestep_for(mid))?;
-                        let deriv2 = slope(&x2, &d2, mid)?;
-                        let x = add_scaled(&x, &deriv2, down - sigma)?;
+                        let x = self.midpoint_step(&x, &d, sigma, mid, down, model)?;
                         let z = noise.gaussian()?;
                         add_scaled(&x, &z, up)?
                     }
@@ -1166,18 +1187,21 @@ mod tests {
                 };
                 let de = e.denoised(&eps, &x, sigma, 500.0).unwrap();
                 let dv = vp.denoised(&v, &x, sigma, 500.0).unwrap();
-                let diff = (de - dv)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs(&(de - dv).unwrap());
                 // Relative to |x| (σ·ε up to 1e4 at σ = 4096).
                 assert!(diff <= 1e-6 * (1.0 + 2.2 * sigma), "σ {sigma}: {diff}");
             }
         }
+    }
+
+    /// max |t|.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// Every sampler on every schedule of a v-pred zero-terminal-SNR config (σ_max 4096)
@@ -1206,13 +1230,7 @@ mod tests {
                 let out = s
                     .sample(x, 0, &mut src, &mut model, &mut |_| Ok(()))
                     .unwrap();
-                let m = out
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let m = max_abs(&out);
                 assert!(m.is_finite(), "{kind:?} {schedule:?}");
             }
         }

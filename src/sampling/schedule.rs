@@ -55,7 +55,7 @@ pub enum PredictionType {
 /// How the σs of a run are laid out (the "Schedule type" of A1111, the `scheduler` of
 /// ComfyUI, the `timestep_spacing`/`use_*_sigmas` options of diffusers).
 ///
-/// Three groups with different rules (formats.md §4.2):
+/// Three groups with different rules (docs/sampling.md, *Schedules*):
 /// * `Default`, `Leading`, `Trailing`, `Linspace`: diffusers' own spacing of the sampler's
 ///   diffusers class (`Default` = the checkpoint's scheduler config, `leading` for SDXL base,
 ///   `trailing` for zero-terminal-SNR v-pred), so these reproduce diffusers step for step.
@@ -178,6 +178,13 @@ impl SigmaSchedule {
             self,
             Self::Normal | Self::SgmUniform | Self::Simple | Self::DdimUniform
         )
+    }
+}
+
+/// Serialised as its canonical [`name`](SigmaSchedule::name) (the echoed job request).
+impl serde::Serialize for SigmaSchedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -700,7 +707,8 @@ mod tests {
         }
     }
 
-    /// Values quoted in the spec (`formats.md` §4.1) for the SDXL betas.
+    /// σ_0 and σ_999 of SDXL's scaled-linear betas (docs/sampling.md, *The model's noise
+    /// table*).
     #[test]
     fn sdxl_sigma_range() {
         let s = ScheduleConfig::sdxl().train_sigmas().unwrap();

@@ -1,4 +1,4 @@
-//! Test helpers shared by the noise, sampling and tokenizer tests: reading the diffusers
+//! Test helpers shared by the noise, Brownian-tree, sampling and tokenizer tests: reading the diffusers
 //! reference arrays (`tests/fixtures/reference/`) and comparing tensors relative to their scale.
 #![allow(dead_code)]
 
@@ -25,12 +25,14 @@ pub fn read_npy<T: npyz::Deserialize>(path: &std::path::Path) -> Npy<T> {
     Npy { shape, data }
 }
 
-/// Reads a case array that is float32 or int64 (timesteps differ by scheduler) as f64.
-pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
-    let path = reference_dir().join("cases").join(case).join(file);
-    let bytes = std::fs::read(&path).unwrap();
+/// Reads a float32, float64 or int64 `.npy` as f64 (timestep dtypes differ by scheduler
+/// class; every value of those files is exact in f64).
+pub fn read_npy_f64(path: &std::path::Path) -> Npy<f64> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    match npy.dtype().descr().trim_matches('\'') {
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let data = match npy.dtype().descr().trim_matches('\'') {
+        "<f8" => npy.into_vec::<f64>().unwrap(),
         "<f4" => npy
             .into_vec::<f32>()
             .unwrap()
@@ -44,7 +46,22 @@ pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
             .map(|v| v as f64)
             .collect(),
         other => panic!("{}: unexpected dtype {other}", path.display()),
-    }
+    };
+    Npy { shape, data }
+}
+
+/// Reads a case array that is float32 or int64 (timesteps differ by scheduler) as f64.
+pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
+    read_npy_f64(&reference_dir().join("cases").join(case).join(file)).data
+}
+
+/// A manifest's list of sizes (`shape`, `latent_shape`).
+pub fn usize_list(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap() as usize)
+        .collect()
 }
 
 /// Reads a float32 array of a reference case.
@@ -78,4 +95,21 @@ pub fn rel_max_abs(got: &[f32], want: &[f32]) -> f64 {
     } else {
         diff / scale
     }
+}
+
+/// Asserts `got` equals `want` bit for bit, naming how many values differ and the first.
+pub fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mismatches: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "{what}: {} of {} values differ, first at {}: got {} want {}",
+        mismatches.len(),
+        got.len(),
+        mismatches[0],
+        got[mismatches[0]],
+        want[mismatches[0]]
+    );
 }

@@ -73,6 +73,14 @@ pub fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, f.into_vec::<f32>().unwrap())
 }
 
+/// Asserts `got` is within `tol` of the `.npy` reference (measured by [`rel_err`]) and logs
+/// the error.
+pub fn assert_close(id: &str, name: &str, got: &candle_core::Tensor, reference: &Path, tol: f32) {
+    let e = rel_err(name, got, reference);
+    eprintln!("{id}: {name} rel err {e:.2e}");
+    assert!(e <= tol, "{id}: {name} rel err {e:e} > {tol:e}");
+}
+
 /// max |a − b| / max |reference|.
 pub fn rel_err(name: &str, got: &candle_core::Tensor, reference: &Path) -> f32 {
     let (shape, want) = npy(reference);
@@ -143,9 +151,7 @@ pub fn check_conditioning(id: &str, dir: &Path, cond: &Conditioning) {
         let file = dir.join(format!("{name}.npy"));
         match got {
             Some(t) => {
-                let e = rel_err(name, t, &file);
-                eprintln!("{id}: {name} rel err {e:.2e}");
-                assert!(e <= EMBED_TOL, "{id}: {name} rel err {e:e} > {EMBED_TOL:e}");
+                assert_close(id, name, t, &file, EMBED_TOL);
             }
             None => assert!(
                 !file.exists(),
@@ -189,26 +195,10 @@ pub fn check_image(id: &str, got: &image::RgbImage, reference: &Path) {
 /// Final latents and decoded floats within [`LATENT_TOL`], then every PNG of the case
 /// (`image.png`, `image_1.png`, …) against its reference.
 pub fn check_output(id: &str, dir: &Path, out: &GenerateOutput, num_images: usize) {
-    let e = rel_err(
-        "final_latents",
-        &out.latents,
-        &dir.join("final_latents.npy"),
-    );
-    eprintln!("{id}: final_latents rel err {e:.2e}");
-    assert!(
-        e <= LATENT_TOL,
-        "{id}: final latents rel err {e:e} > {LATENT_TOL:e}"
-    );
-    let e = rel_err(
-        "image_float",
-        &out.image_float,
-        &dir.join("image_float.npy"),
-    );
-    eprintln!("{id}: image_float rel err {e:.2e}");
-    assert!(
-        e <= LATENT_TOL,
-        "{id}: decoded image rel err {e:e} > {LATENT_TOL:e}"
-    );
+    let latents = dir.join("final_latents.npy");
+    assert_close(id, "final_latents", &out.latents, &latents, LATENT_TOL);
+    let floats = dir.join("image_float.npy");
+    assert_close(id, "image_float", &out.image_float, &floats, LATENT_TOL);
     assert_eq!(out.images.len(), num_images);
     for (i, img) in out.images.iter().enumerate() {
         let name = if i == 0 {

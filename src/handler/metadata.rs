@@ -1,0 +1,83 @@
+//! What an image says about itself: the A1111 infotext embedded in every file, with the
+//! Civitai resources (checkpoint and LoRAs, by model version id) that let Civitai link an
+//! uploaded image to the models that made it.
+
+use serde_json::json;
+
+use super::request::GenerateInput;
+use super::{SdxlHandler, VERSION};
+use crate::fetch::ModelKind;
+use crate::image::infotext::Infotext;
+use crate::lora::extract_prompt_loras;
+use crate::sampling::NoiseKind;
+
+impl SdxlHandler {
+    /// The infotext of the image made with `seed` for `input`.
+    pub(super) fn infotext(&self, input: &GenerateInput, seed: u64) -> Infotext {
+        let model = std::path::Path::new(&self.checkpoint.file_name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned());
+        let mut resources = self
+            .checkpoint
+            .civitai
+            .as_ref()
+            .map(|c| {
+                vec![json!({"type": "checkpoint", "modelVersionId": c.version_id,
+                            "modelName": self.checkpoint.name})]
+            })
+            .unwrap_or_default();
+        // LoRAs of the request list and of `<lora:…>` prompt tags (kept in the prompt text,
+        // as A1111 writes them), so Civitai recognises the resources.
+        let mut lora_hashes = Vec::new();
+        let tags = extract_prompt_loras(&input.prompt)
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        let used = input
+            .loras
+            .iter()
+            .map(|l| (l.name.as_str(), l.weight))
+            .chain(tags.iter().map(|t| (t.name.as_str(), t.weight)));
+        for (name, weight) in used {
+            let Some(m) = self.models.find(ModelKind::Lora, name) else {
+                continue;
+            };
+            if lora_hashes
+                .iter()
+                .any(|(n, _): &(String, String)| n == &m.name)
+            {
+                continue;
+            }
+            if let Some(h) = &m.autov3 {
+                lora_hashes.push((m.name.clone(), h.to_ascii_lowercase()));
+            }
+            if let Some(c) = &m.civitai {
+                let w = weight.unwrap_or(f64::from(m.default_weight.unwrap_or(1.0)));
+                resources.push(json!({"type": "lora", "weight": w,
+                                      "modelVersionId": c.version_id, "modelName": m.name}));
+            }
+        }
+        Infotext {
+            prompt: input.prompt.clone(),
+            negative_prompt: input.negative_prompt.clone(),
+            steps: input.steps,
+            sampler: input.sampler.label().to_string(),
+            schedule: Some(input.schedule.label().to_string()),
+            cfg_scale: input.guidance_scale,
+            seed,
+            width: input.width,
+            height: input.height,
+            model_hash: Some(self.checkpoint.autov2.to_ascii_lowercase()),
+            model,
+            clip_skip: input.clip_skip,
+            variation: input.subseed,
+            denoising_strength: input.img2img.as_ref().map(|i| i.strength),
+            rng: (input.noise == NoiseKind::Nv).then(|| "NV".to_string()),
+            guidance_rescale: (input.guidance_rescale > 0.0).then_some(input.guidance_rescale),
+            hires: input.hires.map(|h| (h.scale, h.steps, h.denoise)),
+            emphasis: input.prompt_weighting.infotext_label().map(str::to_string),
+            lora_hashes,
+            version: VERSION.to_string(),
+            civitai_resources: resources,
+        }
+    }
+}
