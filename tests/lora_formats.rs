@@ -537,7 +537,8 @@ fn loras_for_other_architectures_are_refused() {
     let f = fixture();
     let ones = |n: usize| vec![1.0; n];
     // (file name, tensors, metadata, what the error must mention)
-    let cases: Vec<(&str, Tensors, &[(&str, &str)], &str)> = vec![
+    type Case<'a> = (&'a str, Tensors, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
         // SD 1.5: one text encoder (`lora_te_`).
         (
             "sd15_te",

@@ -36,6 +36,7 @@ fn rewrite(dst: &Path, edit: impl FnOnce(&mut Vec<Entry>)) {
 }
 
 /// Turns the fixture into an SDXL inpainting checkpoint: 9 UNet input channels.
+#[allow(clippy::ptr_arg)] // the signature of `rewrite`'s edit callback, which may add entries
 fn as_inpaint(entries: &mut Vec<Entry>) {
     for e in entries.iter_mut() {
         if e.name == "model.diffusion_model.input_blocks.0.0.weight" {
@@ -228,7 +229,8 @@ fn other_architectures_are_refused_by_name() {
     const LEVEL0_TO_K: &str =
         "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
     // (file name, tensors, what the refusal must say)
-    let cases: [(&str, &[(&str, &[usize])], &[&str]); 6] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a [usize])], &'a [&'a str]);
+    let cases: [Case; 6] = [
         (
             "sd15.safetensors",
             &[
