@@ -211,31 +211,19 @@ fn references(file: &SourceFile) -> Vec<Reference> {
                 || rest[..pos].ends_with("::");
             let after = &rest[pos + kind.len()..];
             if !preceded_by_ident {
-                let base: Vec<String> = match kind {
-                    "crate::" => Vec::new(),
-                    _ => {
-                        // `super::super::x` climbs once per `super`.
-                        let mut base = parent_of(&file.module);
-                        let mut tail = after;
-                        while let Some(t) = tail.strip_prefix("super::") {
-                            base.pop();
-                            tail = t;
-                        }
-                        for path in paths_after(tail) {
-                            let mut target = base.clone();
-                            target.extend(path);
-                            out.push(Reference {
-                                target,
-                                line: idx + 1,
-                            });
-                        }
-                        let step = pos + kind.len();
-                        offset += step;
-                        rest = &rest[step..];
-                        continue;
-                    }
+                // `crate::x` is absolute; `super::x` starts at the parent, and each further
+                // `super::` climbs once more.
+                let (mut base, mut tail) = match kind {
+                    "crate::" => (Vec::new(), after),
+                    _ => (parent_of(&file.module), after),
                 };
-                for path in paths_after(after) {
+                if kind == "super::" {
+                    while let Some(t) = tail.strip_prefix("super::") {
+                        base.pop();
+                        tail = t;
+                    }
+                }
+                for path in paths_after(tail) {
                     let mut target = base.clone();
                     target.extend(path);
                     out.push(Reference {

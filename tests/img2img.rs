@@ -4,6 +4,7 @@
 //! manifest), and the hires fix's size, determinism, progress and latent upscale.
 
 mod parity_support;
+mod te_vae_common;
 
 use candle_core::Tensor;
 use image::RgbImage;
@@ -15,6 +16,7 @@ use sdxl_worker::pipeline::{
 };
 use sdxl_worker::sampling::{SamplerKind, SigmaSchedule};
 use std::path::PathBuf;
+use te_vae_common::all_finite;
 
 fn refs() -> PathBuf {
     fixtures().join("reference-samplers")
@@ -72,15 +74,6 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
-}
-
-fn all_finite(t: &Tensor) -> bool {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .all(|v| v.is_finite())
 }
 
 #[test]

@@ -7,10 +7,24 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// The worker binary in local test mode on the fixture `models.toml`, on the CPU, with its
+/// model cache and working directory in `dir`.
+fn worker(dir: &Path) -> Command {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"));
+    cmd.current_dir(dir)
+        .arg("--models")
+        .arg(manifest)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--device", "cpu"])
+        .env_remove("RUNPOD_WEBHOOK_GET_JOB");
+    cmd
+}
+
 #[test]
 fn test_input_json_runs_on_the_fixture_model_and_writes_the_image() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models.toml");
     std::fs::write(
         dir.path().join("test_input.json"),
         r#"{"input": {"prompt": "a watercolor lighthouse", "negative_prompt": "text",
@@ -19,15 +33,9 @@ fn test_input_json_runs_on_the_fixture_model_and_writes_the_image() {
     )
     .unwrap();
     let out_dir = dir.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"))
-        .current_dir(dir.path())
-        .args(["--models"])
-        .arg(&manifest)
-        .args(["--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .args(["--device", "cpu", "--output-dir"])
+    let output = worker(dir.path())
+        .arg("--output-dir")
         .arg(&out_dir)
-        .env_remove("RUNPOD_WEBHOOK_GET_JOB")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -76,20 +84,11 @@ fn test_input_json_runs_on_the_fixture_model_and_writes_the_image() {
 #[test]
 fn invalid_test_input_exits_1_with_the_problem_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models.toml");
-    let output = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"))
-        .current_dir(dir.path())
-        .arg("--models")
-        .arg(&manifest)
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
+    let output = worker(dir.path())
         .args([
-            "--device",
-            "cpu",
             "--test_input",
             r#"{"input": {"prompt": "x", "width": 300}}"#,
         ])
-        .env_remove("RUNPOD_WEBHOOK_GET_JOB")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -106,16 +105,9 @@ fn invalid_test_input_exits_1_with_the_problem_on_stdout() {
 /// image data URIs.
 fn images_with_threads(input: &str, threads: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models.toml");
-    let output = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"))
-        .current_dir(dir.path())
-        .args(["--models"])
-        .arg(&manifest)
-        .args(["--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .args(["--device", "cpu", "--test_input", input])
+    let output = worker(dir.path())
+        .args(["--test_input", input])
         .env("RAYON_NUM_THREADS", threads)
-        .env_remove("RUNPOD_WEBHOOK_GET_JOB")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -9,6 +9,9 @@
 //!
 //! plus hand-checked cases of the rules themselves.
 
+mod common_sampling;
+
+use common_sampling::u32_list;
 use sdxl_worker::prompt::chunks::{COMFY_MAX_WORD_TOKENS, COMMA_ID};
 use sdxl_worker::prompt::{
     parse_attention, ClipTokenizers, Emphasis, Piece, PromptError, BOS_ID, EOS_ID, MAX_CHUNKS,
@@ -26,14 +29,6 @@ fn fixture(name: &str) -> serde_json::Value {
 fn tokenizers() -> &'static ClipTokenizers {
     static T: OnceLock<ClipTokenizers> = OnceLock::new();
     T.get_or_init(|| ClipTokenizers::load().unwrap())
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]
@@ -91,8 +86,8 @@ fn chunks_match_comfyui_and_a1111_rules() {
             let want = case[mode].as_array().unwrap();
             assert_eq!(got.chunks.len(), want.len(), "{name} {mode}: chunk count");
             for (i, (g, w)) in got.chunks.iter().zip(want).enumerate() {
-                assert_eq!(g.te1, ids(&w["te1"]), "{name} {mode} chunk {i} te1");
-                assert_eq!(g.te2, ids(&w["te2"]), "{name} {mode} chunk {i} te2");
+                assert_eq!(g.te1, u32_list(&w["te1"]), "{name} {mode} chunk {i} te1");
+                assert_eq!(g.te2, u32_list(&w["te2"]), "{name} {mode} chunk {i} te2");
                 let weights: Vec<f32> = w["weights"]
                     .as_array()
                     .unwrap()

@@ -5,16 +5,8 @@
 
 mod common_sampling;
 
-use common_sampling::{manifest, read_npy, reference_dir};
+use common_sampling::{manifest, read_npy, reference_dir, u32_list};
 use sdxl_worker::prompt::{ClipTokenizers, MAX_LENGTH};
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn tokenizer_tests_json() {
@@ -31,23 +23,23 @@ fn tokenizer_tests_json() {
         let got = tok.encode(text).unwrap();
         assert_eq!(
             got.te1,
-            ids(&case["tokenizer_input_ids"]),
+            u32_list(&case["tokenizer_input_ids"]),
             "tokenizer: {text:?}"
         );
         assert_eq!(
             got.te2,
-            ids(&case["tokenizer_2_input_ids"]),
+            u32_list(&case["tokenizer_2_input_ids"]),
             "tokenizer_2: {text:?}"
         );
         assert_eq!(got.te1.len(), MAX_LENGTH);
         let untrunc = tok.encode_untruncated(text).unwrap();
         assert_eq!(
             untrunc.te1,
-            ids(&case["ids_untruncated"]),
+            u32_list(&case["ids_untruncated"]),
             "untruncated: {text:?}"
         );
         // Where the texts differ from open_clip it's the `!` quirk, and only for tokenizer_2.
-        if got.te2 != ids(&case["open_clip_tokenize_ids"]) {
+        if got.te2 != u32_list(&case["open_clip_tokenize_ids"]) {
             assert!(text.contains('!'), "{text:?}");
             saw_quirk = true;
         }

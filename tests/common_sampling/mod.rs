@@ -55,6 +55,11 @@ pub fn case_as_f64(case: &str, file: &str) -> Vec<f64> {
     read_npy_f64(&reference_dir().join("cases").join(case).join(file)).data
 }
 
+/// A manifest's list of token ids.
+pub fn u32_list(v: &serde_json::Value) -> Vec<u32> {
+    usize_list(v).into_iter().map(|n| n as u32).collect()
+}
+
 /// A manifest's list of sizes (`shape`, `latent_shape`).
 pub fn usize_list(v: &serde_json::Value) -> Vec<usize> {
     v.as_array()

@@ -113,16 +113,25 @@ pub fn request(c: &serde_json::Value) -> GenerateRequest {
     let (sampler, schedule) =
         SamplerKind::parse_with_schedule(c["scheduler"].as_str().unwrap()).unwrap();
     GenerateRequest {
+        sampler,
+        schedule,
+        num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
+        ..case_request(c)
+    }
+}
+
+/// The fields every reference case spells the same way (prompts, size, steps, guidance,
+/// seed); the sampler and its options come from the caller.
+fn case_request(c: &serde_json::Value) -> GenerateRequest {
+    GenerateRequest {
         prompt: c["prompt"].as_str().unwrap().to_string(),
         negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
         width: c["width"].as_u64().unwrap() as u32,
         height: c["height"].as_u64().unwrap() as u32,
         steps: c["steps"].as_u64().unwrap() as u32,
         guidance: c["guidance_scale"].as_f64().unwrap() as f32,
-        sampler,
-        schedule,
         seed: c["seed"].as_u64().unwrap(),
-        num_images: c["num_images_per_prompt"].as_u64().unwrap_or(1) as u32,
+        num_images: 1,
         loras: Vec::new(),
         ..GenerateRequest::default()
     }
@@ -215,21 +224,13 @@ pub fn check_output(id: &str, dir: &Path, out: &GenerateOutput, num_images: usiz
 pub fn samplers_request(c: &serde_json::Value) -> GenerateRequest {
     let w = &c["worker"];
     GenerateRequest {
-        prompt: c["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
-        width: c["width"].as_u64().unwrap() as u32,
-        height: c["height"].as_u64().unwrap() as u32,
-        steps: c["steps"].as_u64().unwrap() as u32,
-        guidance: c["guidance_scale"].as_f64().unwrap() as f32,
         sampler: SamplerKind::parse(w["sampler"].as_str().unwrap()).unwrap(),
         schedule: SigmaSchedule::parse(w["schedule"].as_str().unwrap_or("default")).unwrap(),
-        seed: c["seed"].as_u64().unwrap(),
-        num_images: 1,
         sde_noise: match w["sde_noise"].as_str() {
             Some("gaussian") => SdeNoise::Gaussian,
             _ => SdeNoise::Brownian,
         },
         guidance_rescale: w["guidance_rescale"].as_f64().unwrap_or(0.0) as f32,
-        ..GenerateRequest::default()
+        ..case_request(c)
     }
 }

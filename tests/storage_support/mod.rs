@@ -1,6 +1,12 @@
 //! A real S3-compatible server for the storage tests: `moto` (pinned) in a virtualenv under
 //! `target/py-moto`, created on first use. Setup problems fail the test, never skip it.
 
+#[path = "../runtime_support/mod.rs"]
+mod runtime_support;
+
+/// A TCP port that was free a moment ago (the runtime tests' helper).
+pub use runtime_support::free_port;
+
 use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -22,14 +28,6 @@ pub fn ensure_moto() -> PathBuf {
             "import moto, moto.server, flask, sys; sys.exit(moto.__version__ != '{MOTO_VERSION}')"
         ),
     )
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A moto server on 127.0.0.1, killed when dropped (pass or fail).

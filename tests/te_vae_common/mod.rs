@@ -106,3 +106,13 @@ pub fn rel_max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert!(scale > 0.0, "reference is all zeros");
     diff / scale
 }
+
+/// Whether every element of an f32 tensor is finite (no NaN or ±inf).
+pub fn all_finite(t: &Tensor) -> bool {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite())
+}
