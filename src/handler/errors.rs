@@ -1,10 +1,11 @@
-//! The job API's `error_type` of every failure the engine and the image input report. The
-//! engine's errors say what went wrong in the engine's terms; which of the job API's stable
+//! The job API's `error_type` of every failure the engine, the LoRA library and the image input
+//! report. The engine's errors say what went wrong in the engine's terms; which of the job API's stable
 //! categories that is (`invalid_input`, `out_of_memory`, …) is decided here, next to the rest
 //! of the job API. Written as inherent methods (allowed anywhere in the defining crate), so
 //! callers need no import.
 
 use crate::image::input::ImageInputError;
+use crate::lora::LoraError;
 use crate::pipeline::{EngineError, PipelineError};
 
 impl PipelineError {
@@ -26,6 +27,21 @@ impl PipelineError {
             Self::Sampling(_) | Self::Candle(_) | Self::Compute(_) | Self::Internal(_) => {
                 "generation_error"
             }
+        }
+    }
+}
+
+impl LoraError {
+    /// The job API's `error_type` of this failure: a bad name or weight in the request, a LoRA
+    /// file that cannot be used, or a failure while merging.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::UnknownName { .. } | Self::BadWeight { .. } | Self::Prompt(_) => "invalid_input",
+            Self::Weights(_)
+            | Self::Format { .. }
+            | Self::WrongArchitecture { .. }
+            | Self::DuplicateName(_) => "lora_load_error",
+            Self::Apply { .. } | Self::Internal(_) => "generation_error",
         }
     }
 }

@@ -47,17 +47,3 @@ pub enum LoraError {
     #[error("{0}")]
     Internal(String),
 }
-
-impl LoraError {
-    /// A stable machine-readable category for job error responses.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::UnknownName { .. } | Self::BadWeight { .. } | Self::Prompt(_) => "invalid_input",
-            Self::Weights(_)
-            | Self::Format { .. }
-            | Self::WrongArchitecture { .. }
-            | Self::DuplicateName(_) => "lora_load_error",
-            Self::Apply { .. } | Self::Internal(_) => "generation_error",
-        }
-    }
-}
