@@ -1,8 +1,8 @@
-//! The job API's `error_type` of every failure the engine, the LoRA library and the image input
-//! report. The engine's errors say what went wrong in the engine's terms; which of the job API's stable
-//! categories that is (`invalid_input`, `out_of_memory`, …) is decided here, next to the rest
-//! of the job API. Written as inherent methods (allowed anywhere in the defining crate), so
-//! callers need no import.
+//! The job API's `error_type` of every failure the engine, the LoRA library and the image
+//! input report. The engine's errors say what went wrong in the engine's terms; which of the
+//! job API's stable categories that is (`invalid_input`, `out_of_memory`, …) is decided here,
+//! next to the rest of the job API. Written as inherent methods (allowed anywhere in the
+//! defining crate), so callers need no import.
 
 use crate::image::input::ImageInputError;
 use crate::lora::LoraError;
