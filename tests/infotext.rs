@@ -6,12 +6,22 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use sdxl_worker::fetch::{self, FetchArgs};
 use sdxl_worker::handler::dialects::infotext::{self, RESOURCES_KEY};
+use sdxl_worker::handler::request::Defaults;
+use sdxl_worker::handler::SdxlHandler;
+use sdxl_worker::pipeline::{DTypeArg, EngineArgs};
+use sdxl_worker::runpod::JobContext;
+use sdxl_worker::sampling::{SamplerKind, SigmaSchedule};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
 
 fn corpus() -> Vec<(String, String, Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/infotext");
+    let dir = fixtures().join("infotext");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -73,4 +83,120 @@ fn request_fields_match_the_reference_mapping() {
             (got, want) => panic!("{name}: got {got:?}, expected {want:?}"),
         }
     }
+}
+
+/// The SDXL handler on the fixture checkpoint, CPU f32, minimum side 64 px.
+async fn fixture_handler(cache: &Path) -> anyhow::Result<SdxlHandler> {
+    let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
+    let manifest = fetch::Manifest::load(&fetch_args.models)?;
+    let models = fetch::prefetch(&fetch_args, &manifest).await?;
+    let engine = EngineArgs {
+        device: "cpu".into(),
+        dtype: DTypeArg::F32,
+        vae_dtype: DTypeArg::F32,
+        lora_keep_originals: None,
+    };
+    let handler = SdxlHandler::load(models, &engine, None).await?;
+    Ok(handler.with_defaults(Defaults {
+        min_side: 64,
+        ..Defaults::default()
+    }))
+}
+
+/// Request `n` of the round trip: sampler and schedule as given, and the other settings that
+/// the infotext must carry (noise source, SDE noise, clip skip, guidance rescale, emphasis
+/// mode, negative prompt present / empty / absent, variation seed, hires fix) rotating with
+/// `n`, so that each appears with several samplers.
+fn round_trip_input(n: usize, sampler: SamplerKind, schedule: SigmaSchedule) -> Value {
+    let schedule_name = match schedule {
+        SigmaSchedule::Default => "default",
+        other => other.label(),
+    };
+    let noise = ["cpu", "nv"][n % 2];
+    let sde_noise = ["brownian", "gaussian"][(n / 2) % 2];
+    let weighting = ["comfy", "a1111", "a1111_no_norm", "none"][n % 4];
+    let mut input = json!({
+        "prompt": "a photo of a cat, (soft light:1.3), [grass]",
+        "width": 64, "height": 64, "steps": 2 + (n % 2), "seed": 1000 + n,
+        "guidance_scale": 4.5,
+        "scheduler": sampler.label(), "schedule": schedule_name,
+        "noise": noise, "sde_noise": sde_noise, "prompt_weighting": weighting,
+    });
+    let o = input.as_object_mut().unwrap();
+    match n % 3 {
+        0 => {}
+        1 => {
+            o.insert("negative_prompt".into(), json!(""));
+        }
+        _ => {
+            o.insert("negative_prompt".into(), json!("blurry, (dark:1.2)"));
+        }
+    }
+    if n % 5 == 1 {
+        o.insert("clip_skip".into(), json!(1));
+    }
+    if n % 5 == 2 {
+        o.insert("guidance_rescale".into(), json!(0.6));
+    }
+    if n % 7 == 3 {
+        o.insert("subseed".into(), json!(77 + n));
+        o.insert("subseed_strength".into(), json!(0.25));
+    }
+    if n % 11 == 4 {
+        o.insert("hires_scale".into(), json!(1.5));
+        o.insert("hires_steps".into(), json!(2));
+        o.insert("hires_denoise".into(), json!(0.6));
+    }
+    input
+}
+
+/// Every sampler with every schedule (12 × 11 requests at 64 × 64, 2–3 steps): the infotext
+/// of the image, read by `infotext::parse` and sent as a request, is the same request, and
+/// running it gives the same pixels (exact; the run is deterministic on the CPU).
+#[test]
+fn worker_infotexts_read_back_to_the_identical_image() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = tempfile::tempdir().unwrap();
+        let handler = fixture_handler(cache.path()).await.unwrap();
+        let ctx = JobContext::detached("infotext");
+        let mut n = 0;
+        for sampler in SamplerKind::ALL {
+            for schedule in SigmaSchedule::ALL {
+                let input = round_trip_input(n, sampler, schedule);
+                n += 1;
+                let case = format!("{} / {:?}: {input}", sampler.label(), schedule);
+                let job = handler.parse(&input).unwrap();
+                assert_eq!((job.input.sampler, job.input.schedule), (sampler, schedule));
+                let request = handler.prepare(&job).await.unwrap();
+                let first = handler.generate(request, &ctx).await.unwrap();
+                let encoded = handler
+                    .encode(&job, first.images.clone(), &first.seeds)
+                    .await
+                    .unwrap();
+                let text = &encoded.infotexts[0];
+
+                let mut fields = infotext::parse(text).unwrap_or_else(|e| panic!("{case}: {e}"));
+                let resources = fields.remove(RESOURCES_KEY).unwrap();
+                assert_eq!(resources["model"], json!("mini-m.fp16"), "{case}");
+                let again = handler
+                    .parse(&Value::Object(fields))
+                    .unwrap_or_else(|e| panic!("{case}\n{text}\n{e:?}"));
+                assert_eq!(again.input, job.input, "{case}\n{text}");
+                assert_eq!(again.seed, job.seed, "{case}");
+                let request = handler.prepare(&again).await.unwrap();
+                let second = handler.generate(request, &ctx).await.unwrap();
+                assert_eq!(second.images.len(), 1);
+                assert!(
+                    second.images[0].as_raw() == first.images[0].as_raw(),
+                    "{case}: pixels differ\n{text}"
+                );
+            }
+        }
+        assert_eq!(n, 132);
+    });
 }

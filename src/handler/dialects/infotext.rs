@@ -711,14 +711,17 @@ mod tests {
 
     #[test]
     fn pair_pattern_matches_a1111s_regex_on_tricky_lines() {
-        let p = find_params(r#"Steps: 20, Lora hashes: "a: 1, b: 2", X: "unterminated, Y:3"#);
+        // Expected values from Python's `re.findall` with A1111's pattern.
+        let line = r#"Steps: 20, Lora hashes: "a: 1, b: 2", Xx: "unterminated, Yy:3, Zz: "q" tail, Ww: """#;
         assert_eq!(
-            p,
+            find_params(line),
             vec![
                 ("Steps", "20"),
                 ("Lora hashes", "\"a: 1, b: 2\""),
-                ("X", "\"unterminated"),
-                ("Y", "3"),
+                ("Xx", "\"unterminated"),
+                ("Yy", "3"),
+                ("Zz", "\"q\" tail"),
+                ("Ww", "\"\""),
             ]
         );
         // One-letter keys never match; a key may hold spaces, '-' and '/'.
