@@ -28,6 +28,10 @@ use serde_json::{json, Map, Value};
 /// removes it before the request is validated.
 pub const RESOURCES_KEY: &str = "infotext_resources";
 
+/// Largest infotext accepted, in bytes: room for two prompts at the request limit and a long
+/// parameters line, not for a megabyte of text.
+pub const MAX_INFOTEXT_BYTES: usize = 64 * 1024;
+
 /// Key this worker writes when a request had no negative prompt at all, which the engine
 /// turns into all-zero negative conditioning (diffusers' SDXL behaviour). A1111 cannot tell
 /// "no negative prompt" from an empty one, so without it an infotext means the empty string.
@@ -186,37 +190,42 @@ fn is_word(c: char) -> bool {
 /// All `Key: value` pairs of a parameters line, found as A1111's pattern
 /// `\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)` finds them: scanning left to right,
 /// a pair starts at the first position where one matches and the next search starts after it.
+/// Linear in the line's length: a failed attempt skips the positions that would fail for the
+/// same reason.
 fn find_params(line: &str) -> Vec<(&str, &str)> {
     let mut out = Vec::new();
     let mut pos = 0;
-    while pos <= line.len() {
+    while pos < line.len() {
         match match_param(line, pos) {
-            Some((k, v, end)) => {
+            Ok((k, v, end)) => {
                 out.push((k, v));
                 pos = end;
             }
-            None => match line[pos..].chars().next() {
-                Some(c) => pos += c.len_utf8(),
-                None => break,
-            },
+            Err(skip_to) => {
+                let next = line[pos..].chars().next().map_or(1, char::len_utf8);
+                pos = skip_to.max(pos + next);
+            }
         }
     }
     out
 }
 
-/// One match of the pair pattern starting exactly at `start`: key, value and end offset.
-fn match_param(line: &str, start: usize) -> Option<(&str, &str, usize)> {
+/// One match of the pair pattern starting exactly at `start`: key, value and end offset. On
+/// failure, the first position after `start` where a match could still begin.
+fn match_param(line: &str, start: usize) -> Result<(&str, &str, usize), usize> {
     let s = &line[start..];
-    // \s*
+    // \s*: every position inside this white space fails like `start` does.
     let ws = s.len() - s.trim_start_matches(is_py_space).len();
     let key_start = start + ws;
     let rest = &line[key_start..];
     // \w[\w \-/]+ — the run is greedy and cannot contain ':', so only the maximal run can be
-    // followed by the ':' the pattern needs.
+    // followed by the ':' the pattern needs; a start inside the run ends at the same place.
     let mut chars = rest.char_indices();
-    let (_, first) = chars.next()?;
+    let Some((_, first)) = chars.next() else {
+        return Err(line.len());
+    };
     if !is_word(first) {
-        return None;
+        return Err(key_start);
     }
     let mut key_len = first.len_utf8();
     let mut more = 0;
@@ -229,7 +238,7 @@ fn match_param(line: &str, start: usize) -> Option<(&str, &str, usize)> {
         }
     }
     if more == 0 || !rest[key_len..].starts_with(':') {
-        return None;
+        return Err(key_start + key_len);
     }
     let key = &rest[..key_len];
     let after_colon = key_start + key_len + 1;
@@ -241,16 +250,16 @@ fn match_param(line: &str, start: usize) -> Option<(&str, &str, usize)> {
     if let Some(qlen) = quoted_len(value_text) {
         let after = &value_text[qlen..];
         if after.is_empty() {
-            return Some((key, &value_text[..qlen], vs + qlen));
+            return Ok((key, &value_text[..qlen], vs + qlen));
         }
         if after.starts_with(',') {
-            return Some((key, &value_text[..qlen], vs + qlen + 1));
+            return Ok((key, &value_text[..qlen], vs + qlen + 1));
         }
     }
     // Second alternative: everything up to the next comma.
     let vlen = value_text.find(',').unwrap_or(value_text.len());
     let end = vs + vlen + usize::from(vlen < value_text.len());
-    Some((key, &value_text[..vlen], end))
+    Ok((key, &value_text[..vlen], end))
 }
 
 /// Length of `"(?:\\.|[^\\"])+"` at the start of `s`, if it matches.
@@ -449,6 +458,12 @@ const JSON_BLOCKS: &[(&str, Option<&str>)] = &[
 /// The request fields (and [`RESOURCES_KEY`]) that `text` names. Errors name each infotext
 /// key that asks for something this worker does not do, or whose value cannot be read.
 pub fn parse(text: &str) -> Result<Map<String, Value>, String> {
+    if text.len() > MAX_INFOTEXT_BYTES {
+        return Err(format!(
+            "field `infotext`: {} bytes (allowed: at most {MAX_INFOTEXT_BYTES})",
+            text.len()
+        ));
+    }
     let (text, blocks) = cut_json_blocks(text);
     let read = read_text(&text);
     let mut raw: Map<String, Value> = Map::new();
@@ -729,6 +744,24 @@ mod tests {
             find_params("a: 1, Hires-x/y z: 2"),
             vec![("Hires-x/y z", "2")]
         );
+    }
+
+    #[test]
+    fn long_lines_without_pairs_are_read_in_linear_time() {
+        // 60 kB of word characters, spaces and dashes with no colon: each start position
+        // would rescan the rest of the line without the skip.
+        let line = "word-word and/more ".repeat(3_000);
+        let started = std::time::Instant::now();
+        assert!(find_params(&line).is_empty());
+        assert!(
+            started.elapsed().as_secs_f64() < 0.5,
+            "{:?}",
+            started.elapsed()
+        );
+        let text = format!("{line}\nSteps: 1, Seed: 2, Size: 64x64");
+        assert_eq!(parse(&text).unwrap()["seed"], json!(2));
+        let err = parse(&"x".repeat(MAX_INFOTEXT_BYTES + 1)).unwrap_err();
+        assert!(err.contains("at most 65536"), "{err}");
     }
 
     #[test]
