@@ -85,6 +85,30 @@ fn request_fields_match_the_reference_mapping() {
     }
 }
 
+/// Every request the corpus yields is one the job API accepts as it stands (named resources
+/// and an img2img `strength` aside, which the dialect layer hands on or pairs with an image).
+#[test]
+fn corpus_requests_pass_request_validation() {
+    let mut checked = 0;
+    for (name, _, expected) in corpus() {
+        let Some(request) = expected.get("request") else {
+            continue;
+        };
+        let mut fields = request.as_object().unwrap().clone();
+        fields.remove(RESOURCES_KEY);
+        fields.remove("strength");
+        // The worker-written texts are of the 64 px test model.
+        let defaults = Defaults {
+            min_side: 64,
+            ..Defaults::default()
+        };
+        let parsed = sdxl_worker::handler::request::parse(&Value::Object(fields), &defaults);
+        assert!(parsed.is_ok(), "{name}: {parsed:?}");
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked}");
+}
+
 /// The SDXL handler on the fixture checkpoint, CPU f32, minimum side 64 px.
 async fn fixture_handler(cache: &Path) -> anyhow::Result<SdxlHandler> {
     let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
