@@ -1,5 +1,6 @@
 //! The A1111 "infotext" (`parameters`) string, the format Civitai's image parser reads to
-//! link an image to its checkpoint and LoRAs.
+//! link an image to its checkpoint and LoRAs. The reader of the same text, for requests that
+//! paste one, is `handler::dialects::infotext`; docs/infotext.md describes both directions.
 
 use serde_json::Value;
 
