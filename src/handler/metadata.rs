@@ -9,7 +9,7 @@ use super::{SdxlHandler, VERSION};
 use crate::fetch::ModelKind;
 use crate::image::infotext::Infotext;
 use crate::lora::extract_prompt_loras;
-use crate::sampling::NoiseKind;
+use crate::sampling::{NoiseKind, SdeNoise, SigmaSchedule};
 
 impl SdxlHandler {
     /// The infotext of the image made with `seed` for `input`.
@@ -61,7 +61,7 @@ impl SdxlHandler {
             negative_prompt: input.negative_prompt.clone(),
             steps: input.steps,
             sampler: input.sampler.label().to_string(),
-            schedule: Some(input.schedule.label().to_string()),
+            schedule: Some(schedule_label(input.schedule).to_string()),
             cfg_scale: input.guidance_scale,
             seed,
             width: input.width,
@@ -71,13 +71,41 @@ impl SdxlHandler {
             clip_skip: input.clip_skip,
             variation: input.subseed,
             denoising_strength: input.img2img.as_ref().map(|i| i.strength),
-            rng: (input.noise == NoiseKind::Nv).then(|| "NV".to_string()),
+            // Always named: an infotext without `RNG` means A1111's GPU source.
+            rng: Some(rng_label(input.noise).to_string()),
             guidance_rescale: (input.guidance_rescale > 0.0).then_some(input.guidance_rescale),
             hires: input.hires.map(|h| (h.scale, h.steps, h.denoise)),
-            emphasis: input.prompt_weighting.infotext_label().map(str::to_string),
+            // Always named: an infotext without `Emphasis` means A1111's "Original".
+            emphasis: Some(
+                input
+                    .prompt_weighting
+                    .infotext_label()
+                    .unwrap_or("ComfyUI")
+                    .to_string(),
+            ),
+            sde_noise: (input.sde_noise == SdeNoise::Gaussian).then(|| "Gaussian".to_string()),
+            zero_negative: input.negative_prompt.is_none(),
             lora_hashes,
             version: VERSION.to_string(),
             civitai_resources: resources,
         }
+    }
+}
+
+/// The `Schedule type` written for `schedule`. The checkpoint's own diffusers spacing is
+/// written `Default`: its label "Automatic" reads back as the sampler's default schedule,
+/// which for most samplers is another one.
+fn schedule_label(schedule: SigmaSchedule) -> &'static str {
+    match schedule {
+        SigmaSchedule::Default => "Default",
+        other => other.label(),
+    }
+}
+
+/// A1111's `RNG` value of a noise source.
+fn rng_label(noise: NoiseKind) -> &'static str {
+    match noise {
+        NoiseKind::Cpu => "CPU",
+        NoiseKind::Nv => "NV",
     }
 }

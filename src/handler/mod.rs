@@ -19,6 +19,7 @@
 //! - `errors.rs`: the job API's `error_type` of every engine error (the engine names what went
 //!   wrong; the job API's words for it live here).
 
+pub mod dialects;
 mod errors;
 mod metadata;
 pub mod request;

@@ -1,5 +1,6 @@
 //! The A1111 "infotext" (`parameters`) string, the format Civitai's image parser reads to
-//! link an image to its checkpoint and LoRAs.
+//! link an image to its checkpoint and LoRAs. The reader of the same text, for requests that
+//! paste one, is `handler::dialects::infotext`; docs/infotext.md describes both directions.
 
 use serde_json::Value;
 
@@ -34,6 +35,12 @@ pub struct Infotext {
     pub hires: Option<(f64, u32, f64)>,
     /// `Emphasis` mode label when not the default.
     pub emphasis: Option<String>,
+    /// `SDE noise` (this worker's key): the SDE samplers' noise source when it is not
+    /// A1111's Brownian tree.
+    pub sde_noise: Option<String>,
+    /// `Zero negative prompt: True` (this worker's key): the request had no negative prompt
+    /// and got all-zero negative conditioning, which A1111's empty negative prompt is not.
+    pub zero_negative: bool,
     /// `(name, AutoV3 12-hex hash)` per LoRA.
     pub lora_hashes: Vec<(String, String)>,
     pub version: String,
@@ -115,6 +122,12 @@ impl Infotext {
         if let Some(e) = &self.emphasis {
             params.push(("Emphasis".into(), e.clone()));
         }
+        if let Some(n) = &self.sde_noise {
+            params.push(("SDE noise".into(), n.clone()));
+        }
+        if self.zero_negative {
+            params.push(("Zero negative prompt".into(), "True".into()));
+        }
         params.push(("Version".into(), self.version.clone()));
         let mut line = params
             .iter()
@@ -193,6 +206,8 @@ mod tests {
             guidance_rescale: Some(0.7),
             hires: Some((1.5, 10, 0.5)),
             emphasis: Some("No norm".into()),
+            sde_noise: Some("Gaussian".into()),
+            zero_negative: true,
             version: "v".into(),
             ..Default::default()
         };
@@ -201,7 +216,8 @@ mod tests {
             "x\nSteps: 20, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 6, Seed: 5, \
              Size: 1024x1024, Variation seed: 77, Variation seed strength: 0.25, Clip skip: 1, \
              RNG: NV, CFG Rescale phi: 0.7, Denoising strength: 0.5, Hires upscale: 1.5, \
-             Hires steps: 10, Hires upscaler: Latent, Emphasis: No norm, Version: v"
+             Hires steps: 10, Hires upscaler: Latent, Emphasis: No norm, SDE noise: Gaussian, \
+             Zero negative prompt: True, Version: v"
         );
     }
 
