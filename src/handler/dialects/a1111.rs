@@ -130,9 +130,16 @@ pub const LATENT_UPSCALERS: &[(&str, bool)] = &[
     ("Latent (nearest-exact)", false),
 ];
 
+/// One `GET /sdapi/v1/samplers` item: name, aliases, options.
+pub type SamplerEntry = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
 /// A1111's samplers (1.10, in its order): display name, aliases, options as
 /// `GET /sdapi/v1/samplers` lists them.
-pub const SAMPLERS: &[(&str, &[&str], &[(&str, &str)])] = &[
+pub const SAMPLERS: &[SamplerEntry] = &[
     ("DPM++ 2M", &["k_dpmpp_2m"], &[("scheduler", "karras")]),
     (
         "DPM++ SDE",
@@ -578,14 +585,14 @@ fn sampler_options(obj: &Map<String, Value>, out: &mut Out, kind: Option<Sampler
     let mut adds_noise = kind.is_some_and(SamplerKind::is_stochastic);
     if let Some((v, x)) = num("eta") {
         match (kind, x) {
-            (Some(SamplerKind::EulerAncestral), Some(x)) if x == 0.0 => {
+            (Some(SamplerKind::EulerAncestral), Some(0.0)) => {
                 out.set("scheduler", Value::from("Euler"));
                 out.notes
                     .push("`eta`: 0 makes Euler a add no noise; it runs as Euler".to_string());
                 adds_noise = false;
             }
             (Some(k), Some(x)) if k.is_stochastic() && x == 1.0 => {}
-            (Some(SamplerKind::Ddim), Some(x)) if x == 0.0 => {}
+            (Some(SamplerKind::Ddim), Some(0.0)) => {}
             (Some(k), Some(_)) if !k.is_stochastic() && k != SamplerKind::Ddim => {
                 out.inert("eta", &format!("{label} adds no noise"));
             }
@@ -834,10 +841,10 @@ fn hires(obj: &Map<String, Value>, out: &mut Out, sampler: Option<&str>) {
         let v = get(obj, k)?;
         let s = v.as_str().map(str::trim).unwrap_or("");
         let same_as_main = main.is_some_and(|m| m == v);
-        (!(s.is_empty() && v.is_string())
-            && !keep.iter().any(|x| x.eq_ignore_ascii_case(s))
-            && !same_as_main)
-            .then(|| v.clone())
+        let keeps = (s.is_empty() && v.is_string())
+            || keep.iter().any(|x| x.eq_ignore_ascii_case(s))
+            || same_as_main;
+        (!keeps).then(|| v.clone())
     };
     let main_sampler = sampler.map(Value::from);
     if let Some(v) = same(
