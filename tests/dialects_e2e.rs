@@ -84,20 +84,28 @@ fn images(body: &Value) -> Vec<(u32, u32, Vec<u8>)> {
         .collect()
 }
 
-#[test]
-fn dialect_requests_generate_what_their_native_spelling_generates() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Runs `f` on a two-thread runtime (the engine thread reports back through it).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn dialect_requests_generate_what_their_native_spelling_generates() {
+    block_on(async {
         let cache = tempfile::tempdir().unwrap();
         let h = handler(cache.path(), DialectArgs::default()).await;
 
         // worker-sdxl: its repository's test inputs at a scaled size.
         for (name, input) in [
-            ("test_input.json", fixture("worker_sdxl_test_input.json")["input"].clone()),
+            (
+                "test_input.json",
+                fixture("worker_sdxl_test_input.json")["input"].clone(),
+            ),
             (
                 "tests.json",
                 fixture("worker_sdxl_hub_tests.json")["tests"][0]["input"].clone(),
@@ -109,7 +117,10 @@ fn dialect_requests_generate_what_their_native_spelling_generates() {
             let body = run(&h, input.clone()).await;
             assert_eq!(body["seed"], input["seed"], "{name}");
             assert_eq!(body["image_url"], body["images"][0], "{name}");
-            assert!(body["images"][0].as_str().unwrap().starts_with("data:image/png;base64,"));
+            assert!(body["images"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("data:image/png;base64,"));
             assert_eq!(body["info"]["dialect"], "worker_sdxl");
             let ignored = body["info"]["ignored_fields"].as_array().unwrap();
             assert_eq!(ignored.len(), 3, "{name}: {ignored:?}");
@@ -133,13 +144,22 @@ fn dialect_requests_generate_what_their_native_spelling_generates() {
         assert_eq!(info["batch_size"], 2);
         assert_eq!(info["sampler_name"], "DPM++ 2M");
         assert_eq!(info["extra_generation_params"]["Schedule type"], "Karras");
-        assert_eq!((info["cfg_scale"].as_f64(), info["steps"].as_u64()), (Some(6.5), Some(4)));
+        assert_eq!(
+            (info["cfg_scale"].as_f64(), info["steps"].as_u64()),
+            (Some(6.5), Some(4))
+        );
         assert_eq!(info["sd_model_name"], "mini-m.fp16");
         assert_eq!(info["sd_model_hash"], "a0ee8945e1");
         assert_eq!(info["clip_skip"], 2);
-        assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(64), Some(64)));
+        assert_eq!(
+            (info["width"].as_u64(), info["height"].as_u64()),
+            (Some(64), Some(64))
+        );
         assert_eq!(info["infotexts"].as_array().unwrap().len(), 2);
-        assert!(info["infotexts"][1].as_str().unwrap().contains("Seed: 1235"));
+        assert!(info["infotexts"][1]
+            .as_str()
+            .unwrap()
+            .contains("Seed: 1235"));
         assert_eq!(info["job_timestamp"].as_str().unwrap().len(), 14);
         let native = json!({"prompt": payload["prompt"], "negative_prompt": "blurry",
             "seed": 1234, "scheduler": "DPM++ 2M", "schedule": "karras", "num_images": 2,
@@ -155,7 +175,10 @@ fn dialect_requests_generate_what_their_native_spelling_generates() {
         let got = images(&body);
         assert_eq!((got[0].0, got[0].1), (128, 128));
         let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
-        assert_eq!((info["width"].as_u64(), info["denoising_strength"].as_f64()), (Some(128), Some(0.6)));
+        assert_eq!(
+            (info["width"].as_u64(), info["denoising_strength"].as_f64()),
+            (Some(128), Some(0.6))
+        );
         let native = json!({"prompt": "a lighthouse at dusk", "negative_prompt": "", "seed": 99,
             "scheduler": "Euler a", "steps": 3, "guidance_scale": 5, "width": 64, "height": 64,
             "hires_scale": 2, "hires_steps": 2, "hires_denoise": 0.6, "noise": "nv",
@@ -186,12 +209,17 @@ fn dialect_requests_generate_what_their_native_spelling_generates() {
         assert_eq!(images(&body), images(&run(&h, native).await));
 
         // Our own schema, answered in A1111's shape on request.
-        let body = run(&h, json!({"prompt": "x", "width": 64, "height": 64, "steps": 2,
-                                  "seed": 3, "response_format": "a1111"})).await;
+        let body = run(
+            &h,
+            json!({"prompt": "x", "width": 64, "height": 64, "steps": 2,
+                                  "seed": 3, "response_format": "a1111"}),
+        )
+        .await;
         assert!(body["info"].is_string() && body["parameters"]["prompt"] == "x");
 
         // Envelope listings answer without generating.
-        let get = |endpoint: &str| json!({"api": {"method": "GET", "endpoint": endpoint}, "payload": {}});
+        let get =
+            |endpoint: &str| json!({"api": {"method": "GET", "endpoint": endpoint}, "payload": {}});
         let models = run(&h, get("/sdapi/v1/sd-models")).await;
         assert_eq!(models[0]["title"], "mini-m.fp16.safetensors [a0ee8945e1]");
         let loras = run(&h, get("/sdapi/v1/loras")).await;
@@ -204,7 +232,10 @@ fn dialect_requests_generate_what_their_native_spelling_generates() {
         // Unknown AIRs and unsupported A1111 features fail as invalid input.
         let mut input = fixture("civitai_text_to_image.json");
         input["model"] = json!("urn:air:sdxl:checkpoint:civitai:1@2");
-        let e = h.handle(Job::new("bad", input), JobContext::detached("bad")).await.unwrap_err();
+        let e = h
+            .handle(Job::new("bad", input), JobContext::detached("bad"))
+            .await
+            .unwrap_err();
         assert_eq!(e.error_type(), "invalid_input");
         assert!(e.message().contains("civitai:1@2"), "{}", e.message());
     });
@@ -214,12 +245,7 @@ fn dialect_requests_generate_what_their_native_spelling_generates() {
 /// runs a request with unknown fields and names them.
 #[test]
 fn endpoint_flags_change_the_default_shape_and_strictness() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let cache = tempfile::tempdir().unwrap();
         let flags = DialectArgs {
             strict_input: false,

@@ -725,3 +725,40 @@ fn envelope_posts_and_listings() {
         assert!(e.contains(needle), "{e}");
     }
 }
+
+/// Requests that use only this worker's field names keep this worker's schema, errors
+/// included; the dialects are told apart by fields only they send.
+#[test]
+fn detection_leaves_our_own_requests_alone() {
+    for (input, dialect) in [
+        (json!({"prompt": "x", "seed": -1}), Dialect::Native),
+        (
+            json!({"prompt": "x", "steps": 3, "cfg_scale": 5, "sampler_name": "Euler a"}),
+            Dialect::Native,
+        ),
+        (
+            json!({"prompt": "x", "image_url": "https://e.com/a.png", "strength": 0.3}),
+            Dialect::Native,
+        ),
+        (
+            json!({"prompt": "x", "sampler_name": "Euler", "scheduler": "Karras"}),
+            Dialect::A1111,
+        ),
+        (json!({"prompt": "x", "n_iter": 2}), Dialect::A1111),
+        (
+            json!({"prompt": "x", "high_noise_frac": 0.8}),
+            Dialect::WorkerSdxl,
+        ),
+        (
+            json!({"model": "urn:air:sdxl:checkpoint:civitai:1@2", "params": {}}),
+            Dialect::Civitai,
+        ),
+    ] {
+        assert_eq!(
+            dialects::detect(input.as_object().unwrap()),
+            dialect,
+            "{input}"
+        );
+    }
+    assert!(errors(&json!({"prompt": "x", "seed": -1})).contains("field `seed`"));
+}

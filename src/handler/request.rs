@@ -281,7 +281,7 @@ fn as_integer(v: &Value) -> Option<u64> {
 }
 
 /// A value as shown in an error: JSON, cut to a readable length.
-fn short(v: &Value) -> String {
+pub(crate) fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 60 {
         let cut: String = s.chars().take(57).collect();

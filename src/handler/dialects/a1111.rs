@@ -281,14 +281,12 @@ fn a1111_only(key: &str) -> bool {
         && !matches!(key, "response_format" | "infotext")
 }
 
-/// An A1111 payload: an A1111-only key, both `sampler_name` and `scheduler` (a schedule
-/// type there, a sampler in this worker's schema), or a negative seed (−1 = random).
+/// An A1111 payload: an A1111-only key, or both `sampler_name` and `scheduler` (a schedule
+/// type there, a sampler in this worker's schema). A request with only this worker's field
+/// names stays in this worker's schema (a `seed` of −1 there is still an error).
 pub fn looks_like(obj: &Map<String, Value>) -> bool {
-    let negative = |k: &str| obj.get(k).and_then(Value::as_i64).is_some_and(|n| n < 0);
     obj.keys().any(|k| a1111_only(k))
         || (obj.contains_key("sampler_name") && obj.contains_key("scheduler"))
-        || negative("seed")
-        || negative("subseed")
 }
 
 fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -404,7 +402,9 @@ pub fn translate(
         hires(&obj, &mut out, sampler.as_deref());
     }
     if let Some(text) = get(&obj, "infotext") {
-        merge_infotext(&mut out, "infotext", text);
+        // The infotext fills what the payload did not set; A1111's defaults do not count.
+        let payload_sets = |_: &Map<String, Value>, canonical: &str| sets(&obj, canonical);
+        merge_infotext(&mut out, "infotext", text, &payload_sets);
     }
 
     let send_images = get(&obj, "send_images")
@@ -437,6 +437,39 @@ pub fn translate(
         send_images,
     };
     out.finish(Dialect::A1111, response, Some(echo))
+}
+
+/// The payload fields behind each canonical field the translation fills.
+const SOURCES: &[(&str, &[&str])] = &[
+    ("prompt", &["prompt"]),
+    ("negative_prompt", &["negative_prompt"]),
+    ("width", &["width"]),
+    ("height", &["height"]),
+    ("num_inference_steps", &["steps"]),
+    ("guidance_scale", &["cfg_scale"]),
+    ("seed", &["seed"]),
+    ("scheduler", &["sampler_name", "sampler_index"]),
+    ("schedule", &["scheduler"]),
+    ("subseed", &["subseed"]),
+    ("subseed_strength", &["subseed_strength"]),
+    ("hires_scale", &["hr_scale", "hr_resize_x", "hr_resize_y"]),
+    ("hires_steps", &["hr_second_pass_steps"]),
+    ("hires_denoise", &["denoising_strength"]),
+    ("strength", &["denoising_strength"]),
+];
+
+/// Whether the payload itself sets the canonical field `canonical` (−1 seeds and empty
+/// strings are A1111's "not set").
+fn sets(obj: &Map<String, Value>, canonical: &str) -> bool {
+    let keys = SOURCES
+        .iter()
+        .find(|(c, _)| *c == canonical)
+        .map_or(&[][..], |(_, k)| *k);
+    keys.iter().any(|k| match get(obj, k) {
+        None => false,
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(v) => v.as_i64() != Some(-1),
+    })
 }
 
 /// `seed`, `subseed`, `subseed_strength`, `seed_resize_from_*`: −1 = random.
@@ -893,6 +926,24 @@ fn hires(obj: &Map<String, Value>, out: &mut Out, sampler: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An infotext fills what the payload leaves out, A1111's defaults and "random" included.
+    #[test]
+    fn only_fields_the_payload_sets_win_over_an_infotext() {
+        let payload = serde_json::json!({"steps": 20, "seed": -1, "prompt": " ",
+                                         "sampler_name": "Euler", "cfg_scale": null});
+        let obj = payload.as_object().unwrap();
+        for (field, set) in [
+            ("num_inference_steps", true),
+            ("scheduler", true),
+            ("seed", false),
+            ("prompt", false),
+            ("guidance_scale", false),
+            ("width", false),
+        ] {
+            assert_eq!(sets(obj, field), set, "{field}");
+        }
+    }
 
     #[test]
     fn combined_names_split_like_a1111() {

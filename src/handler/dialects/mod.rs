@@ -9,8 +9,9 @@
 //! - `{"model": "<AIR>", "params": {...}}`: Civitai's generator input ([`civitai`]);
 //! - keys that only worker-sdxl sends (`refiner_inference_steps`, `high_noise_frac`, or a
 //!   `strength` with no image) and nothing outside its schema: worker-sdxl ([`worker_sdxl`]);
-//! - any A1111-only key (`n_iter`, `enable_hr`, `init_images`, `override_settings`, …):
-//!   an A1111 `/sdapi/v1/txt2img` or `/img2img` payload ([`a1111`]);
+//! - any A1111-only key (`n_iter`, `enable_hr`, `init_images`, `override_settings`, …), or
+//!   `sampler_name` together with `scheduler`: an A1111 `/sdapi/v1/txt2img` or `/img2img`
+//!   payload ([`a1111`]);
 //! - anything else: this worker's own schema, read exactly as before.
 //!
 //! Each translator returns the canonical fields plus what it had to leave out: with
@@ -240,16 +241,7 @@ impl Out {
     }
 }
 
-/// A value as shown in an error: JSON, cut to a readable length.
-pub(crate) fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 60 {
-        let cut: String = s.chars().take(57).collect();
-        format!("{cut}...")
-    } else {
-        s
-    }
-}
+pub(crate) use request::short;
 
 /// Whether the sampling name parser reads `label` (a sampler label, maybe with a schedule).
 pub fn sampler_label_known(label: &str) -> bool {
@@ -305,8 +297,15 @@ pub fn expand_infotext(_text: &str) -> Result<Map<String, Value>, String> {
     Err("reading an infotext is not available in this build".to_string())
 }
 
-/// Fills the canonical fields that `infotext` describes and the request left out.
-pub(crate) fn merge_infotext(out: &mut Out, field: &str, text: &Value) {
+/// Fills the canonical fields that `infotext` describes and the request left out;
+/// `explicit(map, field)` says whether the request itself set a canonical field (defaults a
+/// translator filled in do not count).
+pub(crate) fn merge_infotext(
+    out: &mut Out,
+    field: &str,
+    text: &Value,
+    explicit: &dyn Fn(&Map<String, Value>, &str) -> bool,
+) {
     let Some(text) = text.as_str() else {
         out.refuse(field, text, "an A1111 infotext string");
         return;
@@ -314,7 +313,7 @@ pub(crate) fn merge_infotext(out: &mut Out, field: &str, text: &Value) {
     match expand_infotext(text) {
         Ok(fields) => {
             for (k, v) in fields {
-                if !request::is_set(&out.map, &k) {
+                if !explicit(&out.map, &k) {
                     out.map.insert(k, v);
                 }
             }
@@ -391,7 +390,7 @@ fn native(obj: &Map<String, Value>, args: &DialectArgs) -> Result<Translated, Va
     }
     out.map = map;
     if let Some(text) = infotext.filter(|v| !v.is_null()) {
-        merge_infotext(&mut out, "infotext", &text);
+        merge_infotext(&mut out, "infotext", &text, &request::is_set);
     }
     out.finish(Dialect::Native, response, None)
 }
