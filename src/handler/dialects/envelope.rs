@@ -32,6 +32,22 @@ fn invalid(msg: String) -> ValidationErrors {
     ValidationErrors(vec![msg])
 }
 
+/// Refuses a key of `obj` outside `accepted` (the envelope is strict at every level, as the
+/// RunPod A1111 workers' validator is).
+fn only_keys(
+    obj: &Map<String, Value>,
+    prefix: &str,
+    accepted: &[&str],
+) -> Result<(), ValidationErrors> {
+    match obj.keys().find(|k| !accepted.contains(&k.as_str())) {
+        Some(key) => Err(invalid(format!(
+            "unknown field `{prefix}{key}` (accepted fields: {})",
+            accepted.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs or answers an envelope.
 pub fn route(
     obj: &Map<String, Value>,
@@ -45,25 +61,13 @@ pub fn route(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for key in obj.keys() {
-        if !["api", "payload"].contains(&key.as_str()) {
-            return Err(invalid(format!(
-                "unknown field `{key}` (accepted fields: api, payload)"
-            )));
-        }
-    }
+    only_keys(obj, "", &["api", "payload"])?;
     let api = obj
         .get("api")
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    for key in api.keys() {
-        if !["method", "endpoint"].contains(&key.as_str()) {
-            return Err(invalid(format!(
-                "unknown field `api.{key}` (accepted fields: method, endpoint)"
-            )));
-        }
-    }
+    only_keys(&api, "api.", &["method", "endpoint"])?;
     let method = api
         .get("method")
         .and_then(Value::as_str)

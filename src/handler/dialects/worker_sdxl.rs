@@ -150,20 +150,9 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn every_scheduler_name_has_a_label() {
-        let expected = [
-            ("PNDM", "PLMS"),
-            ("KLMS", "LMS"),
-            ("DDIM", "DDIM"),
-            ("K_EULER", "Euler"),
-            ("K_EULER_ANCESTRAL", "Euler a"),
-            ("DPMSolverMultistep", "DPM++ 2M"),
-            ("DPMSolverSinglestep", "DPM++ 2S"),
-        ];
-        for (name, label) in expected {
-            assert_eq!(sampler_label(name), Some(label), "{name}");
-        }
-        assert_eq!(sampler_label("k_euler"), Some("Euler"));
+    fn scheduler_names_compare_case_insensitively() {
+        assert_eq!(sampler_label("k_euler"), sampler_label("K_EULER"));
+        assert_eq!(sampler_label(" dpmsolvermultistep "), Some("DPM++ 2M"));
         assert_eq!(sampler_label("EulerA"), None);
     }
 
