@@ -762,3 +762,34 @@ fn detection_leaves_our_own_requests_alone() {
     }
     assert!(errors(&json!({"prompt": "x", "seed": -1})).contains("field `seed`"));
 }
+
+/// Schema errors of a translated request name the field the client sent.
+#[test]
+fn schema_errors_name_the_clients_fields() {
+    let check = |input: Value, needle: &str| {
+        let t = translate(&input);
+        let e = request::parse(&t.input, &defaults()).expect_err("invalid");
+        let e = dialects::client_errors(t.meta.dialect, e.0).join("\n");
+        assert!(e.contains(needle), "{input}: {e}");
+    };
+    check(
+        json!({"prompt": "x", "n_iter": 1, "steps": 0}),
+        "field `steps`",
+    );
+    check(
+        json!({"prompt": "x", "n_iter": 1, "cfg_scale": 99}),
+        "field `cfg_scale`",
+    );
+    check(
+        json!({"prompt": "x", "n_iter": 1, "width": 100}),
+        "field `width`",
+    );
+    let mut civitai = fixture("civitai_text_to_image.json");
+    civitai["params"]["steps"] = json!(0);
+    check(civitai, "field `params.steps`");
+    // Our own schema's messages are unchanged.
+    assert_eq!(
+        dialects::client_errors(Dialect::Native, vec!["field `num_images`: 9".into()]),
+        ["field `num_images`: 9"]
+    );
+}

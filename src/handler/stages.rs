@@ -56,7 +56,12 @@ impl SdxlHandler {
                 Routed::Answer(v) => return Ok(Route::Answer(v)),
                 Routed::Generate(t) => t,
             };
-        let input = request::parse(&translated.input, &self.defaults).map_err(invalid)?;
+        let input = request::parse(&translated.input, &self.defaults).map_err(|e| {
+            invalid(request::ValidationErrors(dialects::client_errors(
+                translated.meta.dialect,
+                e.0,
+            )))
+        })?;
         self.check_names(&input)?;
         // torch's generator keeps the low 32 bits of a seed; drawing in that range keeps
         // every returned seed reproducible in A1111/ComfyUI as written.

@@ -322,6 +322,63 @@ pub(crate) fn merge_infotext(
     }
 }
 
+/// For each dialect, the client's name of each canonical field it fills, so that the
+/// schema's errors name the field the client sent.
+fn client_names(dialect: Dialect) -> &'static [(&'static str, &'static str)] {
+    match dialect {
+        Dialect::Native | Dialect::WorkerSdxl => &[],
+        Dialect::A1111 => &[
+            ("num_inference_steps", "steps"),
+            ("guidance_scale", "cfg_scale"),
+            ("num_images", "batch_size"),
+            ("scheduler", "sampler_name"),
+            ("schedule", "scheduler"),
+            ("hires_scale", "hr_scale"),
+            ("hires_steps", "hr_second_pass_steps"),
+            ("hires_denoise", "denoising_strength"),
+            ("strength", "denoising_strength"),
+            ("image", "init_images"),
+            ("image_url", "init_images"),
+            ("clip_skip", "override_settings.CLIP_stop_at_last_layers"),
+            ("checkpoint", "override_settings.sd_model_checkpoint"),
+        ],
+        Dialect::Civitai => &[
+            ("prompt", "params.prompt"),
+            ("negative_prompt", "params.negativePrompt"),
+            ("num_inference_steps", "params.steps"),
+            ("guidance_scale", "params.cfgScale"),
+            ("width", "params.width"),
+            ("height", "params.height"),
+            ("seed", "params.seed"),
+            ("clip_skip", "params.clipSkip"),
+            ("num_images", "quantity"),
+            ("loras", "additionalNetworks"),
+            ("checkpoint", "model"),
+        ],
+    }
+}
+
+/// The schema's error messages with the canonical field names replaced by the ones the
+/// client of `dialect` sent (one field per message, the first one named).
+pub fn client_errors(dialect: Dialect, errors: Vec<String>) -> Vec<String> {
+    let names = client_names(dialect);
+    errors
+        .into_iter()
+        .map(|e| {
+            let hit = names.iter().find_map(|(canonical, client)| {
+                let needle = format!("`{canonical}`");
+                e.find(&needle).map(|at| (at, needle, *client))
+            });
+            match hit {
+                Some((at, needle, client)) => {
+                    format!("{}`{client}`{}", &e[..at], &e[at + needle.len()..])
+                }
+                None => e,
+            }
+        })
+        .collect()
+}
+
 /// Which dialect a job's `input` object is in (see the module documentation).
 pub fn detect(obj: &Map<String, Value>) -> Dialect {
     if obj.contains_key("model") && obj.get("params").is_some_and(Value::is_object) {
