@@ -22,6 +22,8 @@ pub struct Config {
     pub storage: crate::storage::StorageArgs,
     #[command(flatten)]
     pub images: crate::image::input::ImageInputArgs,
+    #[command(flatten)]
+    pub dialects: crate::handler::DialectArgs,
 }
 
 /// Subcommands besides the default (serve jobs).

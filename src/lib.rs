@@ -60,9 +60,10 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let fetch_args = config.fetch.clone();
     let engine_args = config.engine.clone();
     let image_options = image::input::ImageFetchOptions::from(&config.images);
+    let dialects = config.dialects.clone();
     let init = async move {
         let models = fetch::prefetch(&fetch_args, &manifest).await?;
-        let handler = handler::build(models, &engine_args, bucket, image_options).await?;
+        let handler = handler::build(models, &engine_args, bucket, image_options, dialects).await?;
         Ok::<_, anyhow::Error>(handler)
     };
     runpod::run(&config.runtime, init, shutdown).await

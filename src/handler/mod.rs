@@ -14,7 +14,10 @@
 //! 4. [`encode`](SdxlHandler::encode): → image files with their A1111 infotext;
 //! 5. [`deliver`](SdxlHandler::deliver): uploads them or inlines them, and builds the result.
 //!
+//! - `dialects/`: other clients' request shapes (worker-sdxl, A1111 and its RunPod envelope,
+//!   Civitai) translated into the `input` schema before it is validated.
 //! - `request.rs`: the `input` schema.
+//! - `responses.rs`: A1111's response shape, for jobs that ask for it.
 //! - `metadata.rs`: the infotext and Civitai resources of an image.
 //! - `errors.rs`: the job API's `error_type` of every engine error (the engine names what went
 //!   wrong; the job API's words for it live here).
@@ -23,9 +26,11 @@ pub mod dialects;
 mod errors;
 mod metadata;
 pub mod request;
+mod responses;
 mod stages;
 
-pub use stages::{EncodedImages, ParsedJob};
+pub use dialects::DialectArgs;
+pub use stages::{EncodedImages, ParsedJob, Route};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +75,10 @@ pub struct SdxlHandler {
     bucket: Option<Arc<crate::storage::Bucket>>,
     /// Limits and address policy for img2img inputs (`image`, `image_url`).
     image_options: ImageFetchOptions,
+    /// How foreign request shapes are read and which response shape is the default.
+    dialects: DialectArgs,
+    /// The served models as the dialects name them.
+    catalog: dialects::Catalog,
 }
 
 impl SdxlHandler {
@@ -111,6 +120,7 @@ impl SdxlHandler {
             load_s = engine.info().load_seconds,
             "engine ready"
         );
+        let catalog = catalog(&checkpoint, &models);
         Ok(Self {
             engine,
             checkpoint,
@@ -118,6 +128,8 @@ impl SdxlHandler {
             defaults: Defaults::default(),
             bucket,
             image_options: ImageFetchOptions::default(),
+            dialects: DialectArgs::default(),
+            catalog,
         })
     }
 
@@ -125,6 +137,12 @@ impl SdxlHandler {
     /// 20 MiB, 40 megapixels).
     pub fn with_image_options(mut self, options: ImageFetchOptions) -> Self {
         self.image_options = options;
+        self
+    }
+
+    /// Replaces the dialect settings (`STRICT_INPUT`, `RESPONSE_FORMAT`).
+    pub fn with_dialects(mut self, dialects: DialectArgs) -> Self {
+        self.dialects = dialects;
         self
     }
 
@@ -140,7 +158,10 @@ impl Handler for SdxlHandler {
     /// The five stages in order; see the module documentation.
     async fn handle(&self, job: Job, ctx: JobContext) -> Result<HandlerOutput, JobError> {
         let started = Instant::now();
-        let parsed = self.parse(&job.input)?;
+        let parsed = match self.route(&job.input)? {
+            Route::Answer(v) => return Ok(HandlerOutput::new(v)),
+            Route::Generate(job) => *job,
+        };
         let request = self.prepare(&parsed).await?;
         let output = self.generate(request, &ctx).await?;
         let encoded = self.encode(&parsed, output.images, &output.seeds).await?;
@@ -162,8 +183,28 @@ pub async fn build(
     args: &EngineArgs,
     bucket: Option<Arc<crate::storage::Bucket>>,
     image_options: ImageFetchOptions,
+    dialects: DialectArgs,
 ) -> Result<Arc<SdxlHandler>, LoadError> {
     SdxlHandler::load(models, args, bucket)
         .await
-        .map(|h| Arc::new(h.with_image_options(image_options)))
+        .map(|h| Arc::new(h.with_image_options(image_options).with_dialects(dialects)))
+}
+
+/// The served models as the dialect translators name them.
+fn catalog(checkpoint: &ResolvedModel, models: &ResolvedModels) -> dialects::Catalog {
+    let entry = |m: &ResolvedModel| dialects::CatalogModel {
+        name: m.name.clone(),
+        file_name: m.file_name.clone(),
+        sha256: m.sha256.clone(),
+        autov2: m.autov2.clone(),
+        civitai_model_id: m.civitai.as_ref().map(|c| c.model_id),
+        civitai_version_id: m.civitai.as_ref().map(|c| c.version_id),
+        air: m.air.clone(),
+    };
+    dialects::Catalog {
+        checkpoint: entry(checkpoint),
+        loras: models.loras().map(entry).collect(),
+        vae: models.vae().map(entry),
+        unchecked: false,
+    }
 }

@@ -51,6 +51,27 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("hires_denoise", &[]),
 ];
 
+/// Every field name the schema accepts: canonical names and their aliases.
+pub fn accepted_fields() -> Vec<&'static str> {
+    FIELDS
+        .iter()
+        .flat_map(|(n, a)| std::iter::once(*n).chain(a.iter().copied()))
+        .collect()
+}
+
+/// Whether `input` sets the canonical field `name` (under its name or an alias) to a value
+/// other than `null`.
+pub fn is_set(input: &Map<String, Value>, name: &str) -> bool {
+    let aliases = FIELDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, a)| *a)
+        .unwrap_or(&[]);
+    std::iter::once(&name)
+        .chain(aliases.iter())
+        .any(|k| input.get(*k).is_some_and(|v| !v.is_null()))
+}
+
 /// Where an img2img input comes from. The image data itself is never echoed back.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,7 +281,7 @@ fn as_integer(v: &Value) -> Option<u64> {
 }
 
 /// A value as shown in an error: JSON, cut to a readable length.
-fn short(v: &Value) -> String {
+pub(crate) fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 60 {
         let cut: String = s.chars().take(57).collect();
@@ -313,10 +334,7 @@ pub fn parse(input: &Value, defaults: &Defaults) -> Result<GenerateInput, Valida
         errors: Vec::new(),
     };
 
-    let known: Vec<&str> = FIELDS
-        .iter()
-        .flat_map(|(n, a)| std::iter::once(*n).chain(a.iter().copied()))
-        .collect();
+    let known = accepted_fields();
     for key in obj.keys() {
         if !known.contains(&key.as_str()) {
             c.errors.push(format!(

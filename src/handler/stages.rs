@@ -7,6 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use serde_json::{json, Value};
 
+use super::dialects::{self, RequestMeta, ResponseFormat, Routed};
 use super::request::{self, GenerateInput, ImageSource};
 use super::{SdxlHandler, MAX_INLINE_RESULT_BYTES, VERSION};
 use crate::fetch::ModelKind;
@@ -20,6 +21,16 @@ pub struct ParsedJob {
     pub input: GenerateInput,
     /// The request's seed, or one drawn for it (always returned to the client).
     pub seed: u64,
+    /// The client dialect it came in, the response shape it gets and what was left out.
+    pub meta: RequestMeta,
+}
+
+/// What the parse stage makes of a job: a generation, or an answer that needs none (the
+/// A1111 envelope's GET listings).
+#[derive(Debug, Clone)]
+pub enum Route {
+    Generate(Box<ParsedJob>),
+    Answer(Value),
 }
 
 /// A job's images as files, with the infotext written into each.
@@ -34,18 +45,45 @@ pub struct EncodedImages {
 }
 
 impl SdxlHandler {
-    /// Stage 1: validates the job's `input` (every schema violation at once, then the model
-    /// names, which only the loaded handler knows) and fixes the seed.
-    pub fn parse(&self, input: &Value) -> Result<ParsedJob, JobError> {
-        let input = request::parse(input, &self.defaults)
-            .map_err(|e| JobError::invalid_input(e.0.join("; ")))?;
+    /// Stage 1: reads the job's `input` in whichever client dialect it came
+    /// ([`dialects`]), validates the canonical request (every schema violation at once, then
+    /// the model names, which only the loaded handler knows) and fixes the seed. Listing
+    /// requests are answered here.
+    pub fn route(&self, input: &Value) -> Result<Route, JobError> {
+        let invalid = |e: request::ValidationErrors| JobError::invalid_input(e.0.join("; "));
+        let translated =
+            match dialects::route(input, &self.dialects, &self.catalog).map_err(invalid)? {
+                Routed::Answer(v) => return Ok(Route::Answer(v)),
+                Routed::Generate(t) => t,
+            };
+        let input = request::parse(&translated.input, &self.defaults).map_err(|e| {
+            invalid(request::ValidationErrors(dialects::client_errors(
+                translated.meta.dialect,
+                e.0,
+            )))
+        })?;
         self.check_names(&input)?;
         // torch's generator keeps the low 32 bits of a seed; drawing in that range keeps
         // every returned seed reproducible in A1111/ComfyUI as written.
         let seed = input
             .seed
             .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-        Ok(ParsedJob { input, seed })
+        Ok(Route::Generate(Box::new(ParsedJob {
+            input,
+            seed,
+            meta: translated.meta,
+        })))
+    }
+
+    /// Stage 1 for a job that must generate: [`route`](Self::route), with listing requests
+    /// refused.
+    pub fn parse(&self, input: &Value) -> Result<ParsedJob, JobError> {
+        match self.route(input)? {
+            Route::Generate(job) => Ok(*job),
+            Route::Answer(_) => Err(JobError::invalid_input(
+                "this request asks for a listing, not an image",
+            )),
+        }
     }
 
     /// Stage 2: the engine request for a parsed job. Fetches and decodes the img2img input
@@ -165,6 +203,11 @@ impl SdxlHandler {
         encoded: EncodedImages,
         started: Instant,
     ) -> Result<HandlerOutput, JobError> {
+        if job.meta.response == ResponseFormat::A1111 {
+            return self
+                .a1111_body(job, seeds, &encoded)
+                .map(HandlerOutput::new);
+        }
         let upload_started = Instant::now();
         let format = encoded.format;
         let uris: Vec<String> = match &self.bucket {
@@ -181,7 +224,7 @@ impl SdxlHandler {
         };
         let upload_s = upload_started.elapsed().as_secs_f64();
         let t = timings;
-        let value = json!({
+        let mut value = json!({
             "images": uris,
             "image_url": uris.first(),
             "seed": job.seed,
@@ -213,6 +256,14 @@ impl SdxlHandler {
                 "version": VERSION,
             }
         });
+        if job.meta.dialect != dialects::Dialect::Native
+            || !job.meta.ignored_fields.is_empty()
+            || !job.meta.notes.is_empty()
+        {
+            value["info"]["dialect"] = json!(job.meta.dialect);
+            value["info"]["ignored_fields"] = json!(job.meta.ignored_fields);
+            value["info"]["notes"] = json!(job.meta.notes);
+        }
         Ok(HandlerOutput::new(value))
     }
 
