@@ -55,7 +55,7 @@ pub enum PredictionType {
 /// How the σs of a run are laid out (the "Schedule type" of A1111, the `scheduler` of
 /// ComfyUI, the `timestep_spacing`/`use_*_sigmas` options of diffusers).
 ///
-/// Three groups with different rules (docs/sampling.md, *Schedules*):
+/// Four groups with different rules (docs/sampling.md, *Schedules*):
 /// * `Default`, `Leading`, `Trailing`, `Linspace`: diffusers' own spacing of the sampler's
 ///   diffusers class (`Default` = the checkpoint's scheduler config, `leading` for SDXL base,
 ///   `trailing` for zero-terminal-SNR v-pred), so these reproduce diffusers step for step.
@@ -63,6 +63,10 @@ pub enum PredictionType {
 ///   σ(0)…σ(999), as k-diffusion/A1111 (and diffusers with a `linspace` Euler config).
 /// * `Normal`, `SgmUniform`, `Simple`, `DdimUniform`: ComfyUI's definitions, timestep = the
 ///   nearest training index as ComfyUI feeds it.
+/// * `Uniform`, `A1111Normal`, `A1111SgmUniform`, `A1111Simple`, `A1111Ddim`,
+///   `Polyexponential`, `KlOptimal`, `AlignYourSteps` (appended at the end): A1111's own
+///   definitions ([`SigmaSchedule::A1111`]), on A1111's σ table, run as k-diffusion runs them
+///   (docs/sampling.md, *A1111 schedule types*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SigmaSchedule {
     /// The checkpoint's diffusers spacing (its scheduler config's `timestep_spacing`).
