@@ -5,7 +5,10 @@
 
 use std::path::Path;
 
-use sdxl_worker::pipeline::{DenoiseFrom, GenerateRequest, PipelineConfig, SdxlPipeline, Timings};
+mod parity_support;
+
+use parity_support::txt2img_latents;
+use sdxl_worker::pipeline::GenerateRequest;
 use sdxl_worker::sampling::names::parse_schedule_label;
 use sdxl_worker::sampling::{Sampler, SamplerKind, ScheduleConfig, SigmaSchedule};
 
@@ -174,28 +177,9 @@ fn a1111_schedules_use_kdiffusion_noise_and_timesteps() {
     assert!((last - 0.029_167_5).abs() < 1e-6, "{last}");
 }
 
-fn latents(p: &SdxlPipeline, req: &GenerateRequest) -> Vec<f32> {
-    let cond = p.encode(req).unwrap();
-    let out = p
-        .denoise(
-            req,
-            &cond,
-            &[req.seed],
-            DenoiseFrom::Noise,
-            &mut |_| {},
-            &|| false,
-            &mut Timings::default(),
-        )
-        .unwrap_or_else(|e| panic!("{:?}/{:?}: {e}", req.sampler, req.schedule));
-    out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
 #[test]
 fn every_a1111_schedule_runs_through_the_pipeline() {
-    let p = SdxlPipeline::load(&PipelineConfig::cpu_f32(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mini-m.fp16.safetensors"),
-    ))
-    .unwrap();
+    let p = parity_support::pipeline();
     let mut results: Vec<(SigmaSchedule, Vec<f32>)> = Vec::new();
     for schedule in SigmaSchedule::A1111 {
         let req = GenerateRequest {
@@ -211,9 +195,12 @@ fn every_a1111_schedule_runs_through_the_pipeline() {
             num_images: 1,
             ..GenerateRequest::default()
         };
-        let a = latents(&p, &req);
+        let a = txt2img_latents(p, &req, req.seed);
         assert!(a.iter().all(|v| v.is_finite()), "{schedule:?}: non-finite");
-        assert!(a == latents(&p, &req), "{schedule:?}: two runs differ");
+        assert!(
+            a == txt2img_latents(p, &req, req.seed),
+            "{schedule:?}: two runs differ"
+        );
         results.push((schedule, a));
     }
     // Normal and Uniform are the same σs in A1111; every other pair differs (SGM Uniform and

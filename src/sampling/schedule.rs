@@ -353,21 +353,28 @@ impl ScheduleConfig {
     /// scaled-linear), zero-terminal-SNR rescaled when configured.
     pub fn betas(&self) -> Result<Vec<f32>, SamplingError> {
         self.validate()?;
-        let n = self.num_train_timesteps;
-        let betas = match self.beta_schedule {
-            BetaSchedule::Linear => torch_linspace_f32(self.beta_start, self.beta_end, n),
-            BetaSchedule::ScaledLinear => {
-                torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
-        };
+        let betas = self.betas_by(torch_linspace_f32);
         Ok(if self.rescale_zero_terminal_snr {
             rescale_zero_terminal_snr(&betas)
         } else {
             betas
         })
+    }
+
+    /// The betas laid out with `linspace` (diffusers: torch float32; ldm: float64), squared
+    /// for scaled-linear.
+    fn betas_by<T: Copy + std::ops::Mul<Output = T>>(
+        &self,
+        linspace: fn(f64, f64, usize) -> Vec<T>,
+    ) -> Vec<T> {
+        let n = self.num_train_timesteps;
+        match self.beta_schedule {
+            BetaSchedule::Linear => linspace(self.beta_start, self.beta_end, n),
+            BetaSchedule::ScaledLinear => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
+        }
     }
 
     /// The σ table A1111 samples on (its `sigma_min`/`sigma_max` are the first and last
@@ -380,16 +387,7 @@ impl ScheduleConfig {
             return self.train_sigmas();
         }
         self.validate()?;
-        let n = self.num_train_timesteps;
-        let betas: Vec<f64> = match self.beta_schedule {
-            BetaSchedule::Linear => numpy_linspace_f64(self.beta_start, self.beta_end, n),
-            BetaSchedule::ScaledLinear => {
-                numpy_linspace_f64(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
-        };
+        let betas = self.betas_by(numpy_linspace_f64);
         let mut acc = 1f64;
         Ok(betas
             .iter()
