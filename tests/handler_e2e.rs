@@ -341,7 +341,7 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
             "field `schedule`",
         ),
         (
-            json!({"prompt": "a", "scheduler": "DDIM", "schedule": "polyexponential"}),
+            json!({"prompt": "a", "scheduler": "DDIM", "schedule": "linear_quadratic"}),
             "field `schedule`",
         ),
         (

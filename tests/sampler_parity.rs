@@ -17,7 +17,7 @@ mod parity_support;
 use candle_core::Tensor;
 use parity_support::{
     assert_close, check_image, fixtures, npy, pipeline, samplers_case as case,
-    samplers_manifest as manifest, samplers_request, LATENT_TOL,
+    samplers_manifest as manifest, samplers_request, txt2img_latents, LATENT_TOL,
 };
 use sdxl_worker::pipeline::{DenoiseFrom, GenerateRequest, Timings};
 use sdxl_worker::sampling::SamplerKind;
@@ -236,23 +236,7 @@ fn variation_seed_blends_initial_noise() {
     let mut req = samplers_request(case("euler_trailing_s100_n8"));
     req.steps = 2;
     let p = pipeline();
-    let cond = p.encode(&req).unwrap();
-    let run = |req: &GenerateRequest| {
-        p.denoise(
-            req,
-            &cond,
-            &[req.seed],
-            DenoiseFrom::Noise,
-            &mut |_| {},
-            &|| false,
-            &mut Timings::default(),
-        )
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-    };
+    let run = |req: &GenerateRequest| txt2img_latents(p, req, req.seed);
     let plain = run(&req);
     let sub = run(&GenerateRequest {
         seed: 77,
@@ -282,6 +266,7 @@ fn variation_seed_blends_initial_noise() {
         }),
         ..req.clone()
     };
+    let cond = p.encode(&bad).unwrap();
     let err = p
         .denoise(
             &bad,

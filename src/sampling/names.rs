@@ -108,12 +108,14 @@ pub const SAMPLER_LABELS_ALLOWED: &str = "Euler, Euler a, Heun, DPM2, DPM2 a, DP
      dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm)";
 
 /// Schedule labels: ComfyUI scheduler names, A1111 "Schedule type" labels and diffusers'
-/// timestep spacings. "Automatic" (`None`) keeps the sampler's default.
+/// timestep spacings. "Automatic" (`None`) keeps the sampler's default. A name ComfyUI and
+/// A1111 share (`normal`, `simple`, `sgm_uniform`) means ComfyUI's schedule here; A1111's
+/// are `a1111_*` (and [`SigmaSchedule::parse_a1111`] reads A1111's own names).
 pub const SCHEDULE_LABELS: &[(&str, Option<SigmaSchedule>)] = &[
     ("automatic", None),
     ("default", Some(Sch::Default)),
     ("normal", Some(Sch::Normal)),
-    ("uniform", Some(Sch::Normal)),
+    ("uniform", Some(Sch::Uniform)),
     ("karras", Some(Sch::Karras)),
     ("exponential", Some(Sch::Exponential)),
     ("sgm_uniform", Some(Sch::SgmUniform)),
@@ -125,11 +127,21 @@ pub const SCHEDULE_LABELS: &[(&str, Option<SigmaSchedule>)] = &[
     ("leading", Some(Sch::Leading)),
     ("trailing", Some(Sch::Trailing)),
     ("linspace", Some(Sch::Linspace)),
+    ("a1111_normal", Some(Sch::A1111Normal)),
+    ("a1111_sgm_uniform", Some(Sch::A1111SgmUniform)),
+    ("a1111_simple", Some(Sch::A1111Simple)),
+    ("a1111_ddim", Some(Sch::A1111Ddim)),
+    ("polyexponential", Some(Sch::Polyexponential)),
+    ("kl_optimal", Some(Sch::KlOptimal)),
+    ("kl optimal", Some(Sch::KlOptimal)),
+    ("align_your_steps", Some(Sch::AlignYourSteps)),
+    ("align your steps", Some(Sch::AlignYourSteps)),
 ];
 
 /// The schedule labels as error messages list them.
 pub const SCHEDULE_LABELS_ALLOWED: &str = "automatic, normal, karras, exponential, sgm_uniform, \
-     simple, ddim_uniform, beta, leading, trailing, linspace";
+     simple, ddim_uniform, beta, leading, trailing, linspace, uniform, a1111_normal, \
+     a1111_sgm_uniform, a1111_simple, a1111_ddim, polyexponential, kl_optimal, align_your_steps";
 
 /// How labels are compared: surrounding white space and case do not count.
 pub fn label_key(s: &str) -> String {
@@ -219,7 +231,7 @@ mod tests {
         let e = parse_sampler_label("plms").unwrap_err().to_string();
         assert!(e.contains("DPM++ 2M"), "{e}");
         assert_eq!(parse_schedule_label("Automatic").unwrap(), None);
-        assert!(parse_schedule_label("polyexponential").is_err());
+        assert!(parse_schedule_label("cosine").is_err());
         // An explicit schedule wins over the one a combined label carries.
         let karras = "dpm++ 2m karras".parse().ok();
         assert_eq!(

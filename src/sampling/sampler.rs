@@ -30,9 +30,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::rng::ImageRng;
 use super::schedule::{
-    beta_sigmas, check_steps, comfy_ddim_uniform_sigmas, comfy_normal_sigmas, comfy_simple_sigmas,
-    exponential_sigmas, interp_table, karras_sigmas, nearest_index, numpy_linspace_f64, sigma_to_t,
-    PredictionType, ScheduleConfig, SigmaSchedule, TimestepSpacing,
+    check_steps, comfy_ddim_uniform_sigmas, comfy_normal_sigmas, comfy_simple_sigmas, interp_table,
+    kdiffusion_sigmas, nearest_index, numpy_linspace_f64, sigma_to_t, PredictionType,
+    ScheduleConfig, SigmaSchedule, TimestepSpacing,
 };
 use super::{SamplingError, SdeNoise};
 
@@ -483,18 +483,16 @@ impl Sampler {
                 (sigmas, ts, init)
             }
             None => {
-                let (min, max) = (train[0] as f64, train[train.len() - 1] as f64);
-                let sig64 = match schedule {
-                    SigmaSchedule::Karras => karras_sigmas(min, max, steps),
-                    SigmaSchedule::Exponential => exponential_sigmas(min, max, steps),
-                    _ => beta_sigmas(min, max, steps),
-                };
+                let mut sig64 = kdiffusion_sigmas(schedule, cfg, &train, steps)?;
+                let last = sig64.pop().unwrap_or(0.0) as f32;
                 let karras = schedule == SigmaSchedule::Karras;
+                let a1111 = schedule.is_a1111();
                 let ts: Vec<f64> = sig64
                     .iter()
                     .map(|&s| {
                         let t = sigma_to_t(s, &log_sigmas);
                         match family {
+                            _ if a1111 => t as f32 as f64,
                             // diffusers rounds Karras timesteps and truncates the others
                             // (the int64 cast of `self.timesteps`).
                             Family::Multistep if karras => t.round_ties_even(),
@@ -505,9 +503,9 @@ impl Sampler {
                     })
                     .collect();
                 let mut sigmas: Vec<f32> = sig64.iter().map(|&s| s as f32).collect();
-                sigmas.push(0.0);
+                sigmas.push(last);
                 let init = match family {
-                    Family::Multistep => vp_unit(sigmas[0]),
+                    Family::Multistep if !a1111 => vp_unit(sigmas[0]),
                     _ => sigmas[0],
                 };
                 (sigmas, ts, init)

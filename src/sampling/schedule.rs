@@ -55,7 +55,7 @@ pub enum PredictionType {
 /// How the σs of a run are laid out (the "Schedule type" of A1111, the `scheduler` of
 /// ComfyUI, the `timestep_spacing`/`use_*_sigmas` options of diffusers).
 ///
-/// Three groups with different rules (docs/sampling.md, *Schedules*):
+/// Four groups with different rules (docs/sampling.md, *Schedules*):
 /// * `Default`, `Leading`, `Trailing`, `Linspace`: diffusers' own spacing of the sampler's
 ///   diffusers class (`Default` = the checkpoint's scheduler config, `leading` for SDXL base,
 ///   `trailing` for zero-terminal-SNR v-pred), so these reproduce diffusers step for step.
@@ -63,6 +63,10 @@ pub enum PredictionType {
 ///   σ(0)…σ(999), as k-diffusion/A1111 (and diffusers with a `linspace` Euler config).
 /// * `Normal`, `SgmUniform`, `Simple`, `DdimUniform`: ComfyUI's definitions, timestep = the
 ///   nearest training index as ComfyUI feeds it.
+/// * `Uniform`, `A1111Normal`, `A1111SgmUniform`, `A1111Simple`, `A1111Ddim`,
+///   `Polyexponential`, `KlOptimal`, `AlignYourSteps` (appended at the end): A1111's own
+///   definitions ([`SigmaSchedule::A1111`]), on A1111's σ table, run as k-diffusion runs them
+///   (docs/sampling.md, *A1111 schedule types*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SigmaSchedule {
     /// The checkpoint's diffusers spacing (its scheduler config's `timestep_spacing`).
@@ -78,14 +82,34 @@ pub enum SigmaSchedule {
     Leading,
     Trailing,
     Linspace,
+    /// A1111 "Uniform" (its "Automatic" for samplers without a preferred schedule):
+    /// k-diffusion's `get_sigmas` of the discrete model, timesteps `linspace(999, 0, N)`.
+    Uniform,
+    /// A1111 "Normal": the same σs as [`Uniform`](Self::Uniform) (A1111 builds them from
+    /// `t(σmax)`…`t(σmin)`, which are 999 and 0), kept apart so the label is echoed.
+    A1111Normal,
+    /// A1111 "SGM Uniform": `N + 1` timesteps from 999 to 0 without the last.
+    A1111SgmUniform,
+    /// A1111 "Simple": every (1000/N)-th training σ from the top.
+    A1111Simple,
+    /// A1111 "DDIM": every (1000//N)-th training σ from index 1, reversed.
+    A1111Ddim,
+    /// A1111 "Polyexponential" (k-diffusion `get_sigmas_polyexponential`, ρ = 1).
+    Polyexponential,
+    /// A1111 "KL Optimal": `N + 1` σs from σmax to σmin, no appended 0.
+    KlOptimal,
+    /// A1111 "Align Your Steps": NVIDIA's SDXL list, log-linearly resampled to N steps.
+    AlignYourSteps,
 }
 
 /// Accepted schedule names, for error messages and docs.
 pub const SCHEDULE_NAMES: &str = "default, normal, karras, exponential, sgm_uniform, simple, \
-     ddim_uniform, beta, leading, trailing, linspace";
+     ddim_uniform, beta, leading, trailing, linspace, uniform, a1111_normal, a1111_sgm_uniform, \
+     a1111_simple, a1111_ddim, polyexponential, kl_optimal, align_your_steps";
 
 impl SigmaSchedule {
-    /// Every schedule, in the order of [`SCHEDULE_NAMES`].
+    /// The diffusers, σ-formula and ComfyUI schedules, in the order of [`SCHEDULE_NAMES`];
+    /// A1111's own definitions follow in [`A1111`](Self::A1111).
     pub const ALL: [SigmaSchedule; 11] = [
         Self::Default,
         Self::Normal,
@@ -100,13 +124,28 @@ impl SigmaSchedule {
         Self::Linspace,
     ];
 
-    /// Parses our names plus common spellings (A1111 labels such as "SGM Uniform", "Uniform"
-    /// for ComfyUI's `normal`, "Automatic"/empty for the default), case-insensitively.
+    /// The schedules added for A1111's "Schedule type" (docs/sampling.md, *A1111 schedule
+    /// types*), in the order of [`SCHEDULE_NAMES`] after [`ALL`](Self::ALL).
+    pub const A1111: [SigmaSchedule; 8] = [
+        Self::Uniform,
+        Self::A1111Normal,
+        Self::A1111SgmUniform,
+        Self::A1111Simple,
+        Self::A1111Ddim,
+        Self::Polyexponential,
+        Self::KlOptimal,
+        Self::AlignYourSteps,
+    ];
+
+    /// Parses our names plus common spellings (A1111 labels such as "SGM Uniform",
+    /// "Automatic"/empty for the default), case-insensitively. Where ComfyUI and A1111 share a
+    /// name (`normal`, `simple`, `sgm_uniform`) this is ComfyUI's schedule; A1111 requests are
+    /// read with [`parse_a1111`](Self::parse_a1111).
     pub fn parse(name: &str) -> Result<Self, SamplingError> {
         let key = name.trim().to_ascii_lowercase().replace([' ', '-'], "_");
         Ok(match key.as_str() {
             "" | "default" | "automatic" => Self::Default,
-            "normal" | "uniform" => Self::Normal,
+            "normal" => Self::Normal,
             "karras" => Self::Karras,
             "exponential" => Self::Exponential,
             "sgm_uniform" | "sgmuniform" => Self::SgmUniform,
@@ -116,6 +155,14 @@ impl SigmaSchedule {
             "leading" => Self::Leading,
             "trailing" => Self::Trailing,
             "linspace" => Self::Linspace,
+            "uniform" => Self::Uniform,
+            "a1111_normal" => Self::A1111Normal,
+            "a1111_sgm_uniform" => Self::A1111SgmUniform,
+            "a1111_simple" => Self::A1111Simple,
+            "a1111_ddim" => Self::A1111Ddim,
+            "polyexponential" => Self::Polyexponential,
+            "kl_optimal" => Self::KlOptimal,
+            "align_your_steps" => Self::AlignYourSteps,
             _ => {
                 return Err(SamplingError::UnknownName {
                     field: "schedule",
@@ -140,6 +187,14 @@ impl SigmaSchedule {
             Self::Leading => "leading",
             Self::Trailing => "trailing",
             Self::Linspace => "linspace",
+            Self::Uniform => "uniform",
+            Self::A1111Normal => "a1111_normal",
+            Self::A1111SgmUniform => "a1111_sgm_uniform",
+            Self::A1111Simple => "a1111_simple",
+            Self::A1111Ddim => "a1111_ddim",
+            Self::Polyexponential => "polyexponential",
+            Self::KlOptimal => "kl_optimal",
+            Self::AlignYourSteps => "align_your_steps",
         }
     }
 
@@ -157,6 +212,14 @@ impl SigmaSchedule {
             Self::Leading => "Leading",
             Self::Trailing => "Trailing",
             Self::Linspace => "Linspace",
+            Self::Uniform => "Uniform",
+            Self::A1111Normal => "Normal",
+            Self::A1111SgmUniform => "SGM Uniform",
+            Self::A1111Simple => "Simple",
+            Self::A1111Ddim => "DDIM",
+            Self::Polyexponential => "Polyexponential",
+            Self::KlOptimal => "KL Optimal",
+            Self::AlignYourSteps => "Align Your Steps",
         }
     }
 
@@ -179,7 +242,48 @@ impl SigmaSchedule {
             Self::Normal | Self::SgmUniform | Self::Simple | Self::DdimUniform
         )
     }
+
+    /// The schedules defined by A1111 alone ([`A1111`](Self::A1111)): the sampler runs them
+    /// as A1111's k-diffusion samplers do, with the noise scaled by σ_0 and fractional UNet
+    /// timesteps for every sampler (no diffusers rounding).
+    pub fn is_a1111(self) -> bool {
+        Self::A1111.contains(&self)
+    }
+
+    /// Reads an A1111 `scheduler` value: the API name (`karras`, `sgm_uniform`,
+    /// `align_your_steps`, …) or the "Schedule type" label (`SGM Uniform`, `Align Your Steps`,
+    /// …), case-insensitively, always with A1111's meaning (so `normal` is
+    /// [`A1111Normal`](Self::A1111Normal), not ComfyUI's). `Ok(None)` is "Automatic" (the
+    /// sampler's own default); empty counts as Automatic.
+    pub fn parse_a1111(name: &str) -> Result<Option<Self>, SamplingError> {
+        let key = name.trim().to_ascii_lowercase();
+        Ok(Some(match key.as_str() {
+            "" | "automatic" => return Ok(None),
+            "uniform" => Self::Uniform,
+            "karras" => Self::Karras,
+            "exponential" => Self::Exponential,
+            "polyexponential" => Self::Polyexponential,
+            "sgm_uniform" | "sgm uniform" | "sgmuniform" => Self::A1111SgmUniform,
+            "kl_optimal" | "kl optimal" => Self::KlOptimal,
+            "align_your_steps" | "align your steps" => Self::AlignYourSteps,
+            "simple" => Self::A1111Simple,
+            "normal" => Self::A1111Normal,
+            "ddim" => Self::A1111Ddim,
+            "beta" => Self::Beta,
+            _ => {
+                return Err(SamplingError::UnknownName {
+                    field: "scheduler",
+                    value: name.to_string(),
+                    allowed: A1111_SCHEDULE_NAMES,
+                })
+            }
+        }))
+    }
 }
+
+/// A1111 1.10's schedule types as its API names them (labels are accepted too).
+pub const A1111_SCHEDULE_NAMES: &str = "automatic, uniform, karras, exponential, \
+     polyexponential, sgm_uniform, kl_optimal, align_your_steps, simple, normal, ddim, beta";
 
 /// Serialised as its canonical [`name`](SigmaSchedule::name) (the echoed job request).
 impl serde::Serialize for SigmaSchedule {
@@ -249,21 +353,50 @@ impl ScheduleConfig {
     /// scaled-linear), zero-terminal-SNR rescaled when configured.
     pub fn betas(&self) -> Result<Vec<f32>, SamplingError> {
         self.validate()?;
-        let n = self.num_train_timesteps;
-        let betas = match self.beta_schedule {
-            BetaSchedule::Linear => torch_linspace_f32(self.beta_start, self.beta_end, n),
-            BetaSchedule::ScaledLinear => {
-                torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
-        };
+        let betas = self.betas_by(torch_linspace_f32);
         Ok(if self.rescale_zero_terminal_snr {
             rescale_zero_terminal_snr(&betas)
         } else {
             betas
         })
+    }
+
+    /// The betas laid out with `linspace` (diffusers: torch float32; ldm: float64), squared
+    /// for scaled-linear.
+    fn betas_by<T: Copy + std::ops::Mul<Output = T>>(
+        &self,
+        linspace: fn(f64, f64, usize) -> Vec<T>,
+    ) -> Vec<T> {
+        let n = self.num_train_timesteps;
+        match self.beta_schedule {
+            BetaSchedule::Linear => linspace(self.beta_start, self.beta_end, n),
+            BetaSchedule::ScaledLinear => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
+        }
+    }
+
+    /// The σ table A1111 samples on (its `sigma_min`/`sigma_max` are the first and last
+    /// entries): the ldm/sgm discretization computes betas and ᾱ in float64, A1111 stores ᾱ as
+    /// float32 and k-diffusion takes `((1 − ᾱ)/ᾱ)^½` in float32. It differs from
+    /// [`train_sigmas`](Self::train_sigmas) by up to 9e-6 relative at small σ (3e-7 at the
+    /// ends). Under zero terminal SNR this is `train_sigmas` (σ_max 4096).
+    pub fn a1111_train_sigmas(&self) -> Result<Vec<f32>, SamplingError> {
+        if self.rescale_zero_terminal_snr {
+            return self.train_sigmas();
+        }
+        self.validate()?;
+        let betas = self.betas_by(numpy_linspace_f64);
+        let mut acc = 1f64;
+        Ok(betas
+            .iter()
+            .map(|&b| {
+                acc *= 1.0 - b;
+                let a = acc as f32;
+                ((1.0 - a) / a).sqrt()
+            })
+            .collect())
     }
 
     /// ᾱ_t = cumprod(1 − β) as float32 tensors give it (torch accumulates the product in
@@ -670,6 +803,124 @@ pub fn comfy_ddim_uniform_sigmas(train: &[f32], steps: usize) -> Vec<f32> {
     out
 }
 
+/// The σs of every schedule that is neither a diffusers spacing nor a ComfyUI schedule, as
+/// k-diffusion/A1111 lay them out: each σ a step starts from, then the last one (0, or σmin
+/// for [`KlOptimal`](SigmaSchedule::KlOptimal), to which A1111 appends no 0). `train` is
+/// [`ScheduleConfig::train_sigmas`]: Karras, exponential and beta keep its range (diffusers'
+/// `_convert_to_*`); A1111's own schedules use [`ScheduleConfig::a1111_train_sigmas`].
+pub fn kdiffusion_sigmas(
+    schedule: SigmaSchedule,
+    cfg: &ScheduleConfig,
+    train: &[f32],
+    steps: usize,
+) -> Result<Vec<f64>, SamplingError> {
+    use SigmaSchedule as S;
+    check_steps(steps, cfg.num_train_timesteps)?;
+    let range = |t: &[f32]| (t[0] as f64, t[t.len() - 1] as f64);
+    let (min, max) = range(train);
+    let a1111 = if schedule.is_a1111() {
+        cfg.a1111_train_sigmas()?
+    } else {
+        Vec::new()
+    };
+    let mut out = match schedule {
+        S::Karras => karras_sigmas(min, max, steps),
+        S::Exponential => exponential_sigmas(min, max, steps),
+        S::Beta => beta_sigmas(min, max, steps),
+        S::Polyexponential => {
+            let (min, max) = range(&a1111);
+            polyexponential_sigmas(min, max, steps, 1.0)
+        }
+        S::KlOptimal => {
+            let (min, max) = range(&a1111);
+            return Ok(kl_optimal_sigmas(min, max, steps));
+        }
+        S::AlignYourSteps => align_your_steps_sigmas(steps),
+        S::Uniform | S::A1111Normal | S::A1111SgmUniform | S::A1111Simple | S::A1111Ddim => {
+            // k-diffusion's σ(t) on A1111's table is ComfyUI's on the same table, and
+            // t(σmax), t(σmin) are exactly 999 and 0 under either rule.
+            let sigmas = match schedule {
+                S::A1111SgmUniform => comfy_normal_sigmas(&a1111, steps, true),
+                S::A1111Simple => comfy_simple_sigmas(&a1111, steps),
+                S::A1111Ddim => comfy_ddim_uniform_sigmas(&a1111, steps),
+                _ => comfy_normal_sigmas(&a1111, steps, false),
+            };
+            return Ok(sigmas.into_iter().map(f64::from).collect());
+        }
+        other => {
+            return Err(SamplingError::InvalidConfig(format!(
+                "schedule {} is not laid out by a σ formula",
+                other.name()
+            )))
+        }
+    };
+    out.push(0.0);
+    Ok(out)
+}
+
+/// k-diffusion `get_sigmas_polyexponential`: `exp(ramp^ρ·(ln σmax − ln σmin) + ln σmin)` with
+/// `ramp = linspace(1, 0, N)` (A1111 uses ρ = 1, the exponential schedule written otherwise).
+pub fn polyexponential_sigmas(sigma_min: f64, sigma_max: f64, steps: usize, rho: f64) -> Vec<f64> {
+    let (lmin, lmax) = (sigma_min.ln(), sigma_max.ln());
+    numpy_linspace_f64(1.0, 0.0, steps)
+        .into_iter()
+        .map(|r| (r.powf(rho) * (lmax - lmin) + lmin).exp())
+        .collect()
+}
+
+/// A1111 `kl_optimal` (arXiv 2404.14507, "KL-optimal" schedule): `tan` of the arctangents of
+/// σmax and σmin blended linearly, at i/N for i = 0…N, so N + 1 σs ending at σmin.
+pub fn kl_optimal_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    let (a_min, a_max) = (sigma_min.atan(), sigma_max.atan());
+    (0..=steps)
+        .map(|i| {
+            let f = i as f64 / steps as f64;
+            (f * a_min + (1.0 - f) * a_max).tan()
+        })
+        .collect()
+}
+
+/// NVIDIA's "Align Your Steps" σs for SDXL (10 steps, 11 values), as A1111 ships them.
+pub const AYS_SDXL_SIGMAS: [f64; 11] = [
+    14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029,
+];
+
+/// A1111 "Align Your Steps" for SDXL, without the appended 0: the published list as is when
+/// N equals its length (11), otherwise its log σ linearly interpolated (`np.interp`) at
+/// `linspace(0, 1, N)` over `linspace(0, 1, 11)`. A1111 compares N, the step count, with the
+/// list's 11 values, so 10 steps resample the 10-step list.
+pub fn align_your_steps_sigmas(steps: usize) -> Vec<f64> {
+    let published = &AYS_SDXL_SIGMAS;
+    if steps == published.len() {
+        return published.to_vec();
+    }
+    let xs = numpy_linspace_f64(0.0, 1.0, published.len());
+    let ys: Vec<f64> = published.iter().rev().map(|s| s.ln()).collect();
+    let mut out: Vec<f64> = numpy_linspace_f64(0.0, 1.0, steps)
+        .into_iter()
+        .map(|x| numpy_interp(x, &xs, &ys).exp())
+        .collect();
+    out.reverse();
+    out
+}
+
+/// `np.interp(x, xp, fp)` for ascending `xp` (float64), clamped to the end values.
+fn numpy_interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
+    let last = xp.len() - 1;
+    if x <= xp[0] {
+        return fp[0];
+    }
+    if x >= xp[last] {
+        return fp[last];
+    }
+    let j = xp.partition_point(|&v| v <= x) - 1;
+    if x == xp[j] {
+        return fp[j];
+    }
+    let slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
+    slope * (x - xp[j]) + fp[j]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,11 +938,9 @@ mod tests {
             SigmaSchedule::SgmUniform
         );
         assert_eq!(SigmaSchedule::parse("").unwrap(), SigmaSchedule::Default);
-        let err = SigmaSchedule::parse("polyexponential")
-            .unwrap_err()
-            .to_string();
+        let err = SigmaSchedule::parse("cosine").unwrap_err().to_string();
         assert!(
-            err.contains("polyexponential") && err.contains("ddim_uniform"),
+            err.contains("cosine") && err.contains("ddim_uniform"),
             "{err}"
         );
     }

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use sdxl_worker::pipeline::{
-    Conditioning, GenerateOutput, GenerateRequest, PipelineConfig, SdxlPipeline,
+    Conditioning, DenoiseFrom, GenerateOutput, GenerateRequest, PipelineConfig, SdxlPipeline,
+    Timings,
 };
 use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,25 @@ pub fn pipeline() -> &'static SdxlPipeline {
         ))
         .unwrap()
     })
+}
+
+/// The final txt2img latents of `req` for one seed, flattened (no progress, no cancel).
+pub fn txt2img_latents(p: &SdxlPipeline, req: &GenerateRequest, seed: u64) -> Vec<f32> {
+    let cond = p.encode(req).unwrap();
+    p.denoise(
+        req,
+        &cond,
+        &[seed],
+        DenoiseFrom::Noise,
+        &mut |_| {},
+        &|| false,
+        &mut Timings::default(),
+    )
+    .unwrap_or_else(|e| panic!("{:?}/{:?}: {e}", req.sampler, req.schedule))
+    .flatten_all()
+    .unwrap()
+    .to_vec1::<f32>()
+    .unwrap()
 }
 
 fn read_manifest(dir: &str) -> serde_json::Value {
