@@ -9,6 +9,7 @@
 //! sampler options (`eta`, `s_churn`, `s_noise`, …) away from the values at which they
 //! change nothing. Save flags and other server-side options are accepted and have no effect.
 
+use crate::sampling::SigmaSchedule;
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -239,18 +240,15 @@ pub const SCHEDULES: &[(&str, &str, &[&str], f64, bool)] = &[
     ("beta", "Beta", &[], -1.0, true),
 ];
 
-/// The schedule label for an A1111 scheduler name or label (`"SGM Uniform"` →
-/// `"sgm_uniform"`); other text is passed on as it is.
+/// The schedule name for an A1111 scheduler name or label, with A1111's meaning
+/// (`"SGM Uniform"` → `"a1111_sgm_uniform"`, `"Normal"` → `"a1111_normal"`: A1111's
+/// definitions, not ComfyUI's of the same name); other text is passed on as it is.
 pub fn schedule_label(name: &str) -> String {
-    let key = name.trim();
-    SCHEDULES
-        .iter()
-        .find(|(n, l, a, _, _)| {
-            n.eq_ignore_ascii_case(key)
-                || l.eq_ignore_ascii_case(key)
-                || a.iter().any(|x| x.eq_ignore_ascii_case(key))
-        })
-        .map_or_else(|| key.to_string(), |(n, _, _, _, _)| n.to_string())
+    match SigmaSchedule::parse_a1111(name) {
+        Ok(Some(schedule)) => schedule.name().to_string(),
+        Ok(None) => "automatic".to_string(),
+        Err(_) => name.trim().to_string(),
+    }
 }
 
 /// Splits an A1111 ≤1.8 combined name ("DPM++ 2M SDE Karras") into the sampler label and
@@ -956,8 +954,10 @@ mod tests {
             Some(("Euler a".to_string(), "sgm_uniform".to_string()))
         );
         assert_eq!(split_schedule_suffix("Euler"), None);
-        assert_eq!(schedule_label("SGM Uniform"), "sgm_uniform");
+        assert_eq!(schedule_label("SGM Uniform"), "a1111_sgm_uniform");
+        assert_eq!(schedule_label("Normal"), "a1111_normal");
         assert_eq!(schedule_label("Align Your Steps"), "align_your_steps");
         assert_eq!(schedule_label("karras"), "karras");
+        assert_eq!(schedule_label("Automatic"), "automatic");
     }
 }
