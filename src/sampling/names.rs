@@ -288,34 +288,25 @@ mod tests {
     /// config: the checkpoint's spacing, no Karras σs.
     #[test]
     fn worker_sdxl_scheduler_names() {
-        for (name, kind) in [
-            ("PNDM", S::Pndm),
-            ("KLMS", S::Lms),
-            ("DDIM", S::Ddim),
-            ("K_EULER", S::Euler),
-            ("K_EULER_ANCESTRAL", S::EulerAncestral),
-            ("DPMSolverMultistep", S::DpmPp2m),
-            ("DPMSolverSinglestep", S::DpmPp2s),
+        let d = Sch::Default;
+        for (name, kind, schedule) in [
+            ("PNDM", S::Pndm, d),
+            ("KLMS", S::Lms, d),
+            ("DDIM", S::Ddim, d),
+            ("K_EULER", S::Euler, d),
+            ("K_EULER_ANCESTRAL", S::EulerAncestral, d),
+            ("DPMSolverMultistep", S::DpmPp2m, d),
+            ("DPMSolverSinglestep", S::DpmPp2s, d),
+            // A1111 labels of the same samplers keep A1111's defaults.
+            ("LMS", S::Lms, Sch::Normal),
+            ("LMS Karras", S::Lms, Sch::Karras),
+            ("PLMS", S::Pndm, d),
+            ("DPM++ 2M SDE Heun", S::DpmPp2mSdeHeun, Sch::Exponential),
+            ("DPM++ 2S", S::DpmPp2s, d),
         ] {
-            assert_eq!(
-                parse_sampler_label(name).unwrap(),
-                (kind, Sch::Default),
-                "{name}"
-            );
+            let got = parse_sampler_label(name).unwrap();
+            assert_eq!(got, (kind, schedule), "{name}");
         }
-        assert_eq!(parse_sampler_label("LMS").unwrap(), (S::Lms, Sch::Normal));
-        assert_eq!(
-            parse_sampler_label("LMS Karras").unwrap(),
-            (S::Lms, Sch::Karras)
-        );
-        assert_eq!(
-            parse_sampler_label("DPM++ 2M SDE Heun").unwrap(),
-            (S::DpmPp2mSdeHeun, Sch::Exponential)
-        );
-        assert_eq!(
-            parse_sampler_label("DPM++ 2S").unwrap(),
-            (S::DpmPp2s, Sch::Default)
-        );
         // Every sampler's A1111 label reads back as that sampler.
         for kind in SamplerKind::ALL {
             let l: SamplerLabel = kind.label().parse().unwrap();

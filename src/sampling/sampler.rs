@@ -22,6 +22,12 @@
 //! | `ddim` | `DDIMScheduler` (η 0); on other schedules k-diffusion/ComfyUI DDIM = Euler |
 //! | `uni_pc` | `UniPCMultistepScheduler` (bh2, order 2, predict x0) |
 //! | `lcm` | `LCMScheduler` |
+//! | `lms` | `LMSDiscreteScheduler` (order 4) |
+//! | `pndm` | `PNDMScheduler` (`skip_prk_steps`; PLMS) |
+//! | `dpmpp_2s` | `DPMSolverSinglestepScheduler` (dpmsolver++, order 2) |
+//! | `dpmpp_2m_sde_heun` | `DPMSolverMultistepScheduler` (sde-dpmsolver++, heun) |
+//!
+//! The last four live in `sampler/diffusers.rs`.
 //!
 //! diffusers' VP-space schedulers (DPM-Solver, UniPC, DDIM, LCM) are the same maps written
 //! for `x/sqrt(σ²+1)`; their `init_noise_sigma` of 1 becomes `sqrt(σ_0²+1)` here.

@@ -271,7 +271,7 @@ fn lms_coefficient(sigmas: &[f32], i: usize, order: usize, j: usize) -> f64 {
 /// which a `final_sigmas_type` of "zero" forces on): `[1, 2]` pairs, a trailing `[1, 1]` for
 /// an even count or `[1]` for an odd one, and the last step first order.
 pub(super) fn singlestep_orders(steps: usize) -> Vec<usize> {
-    let mut orders: Vec<usize> = if steps % 2 == 0 {
+    let mut orders: Vec<usize> = if steps.is_multiple_of(2) {
         let mut o: Vec<usize> = [1, 2].repeat((steps / 2).saturating_sub(1));
         o.extend([1, 1]);
         o
