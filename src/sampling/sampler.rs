@@ -72,8 +72,8 @@ pub enum SamplerKind {
 
 /// Accepted sampler names, for error messages and docs.
 pub const SAMPLER_NAMES: &str = "euler, euler_a, heun, dpm_2, dpm_2_a, dpmpp_2m, dpmpp_sde, \
-     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, lms, pndm, dpmpp_2s, dpmpp_2m_sde_heun (optionally with a schedule suffix such as \
-     dpmpp_2m_karras)";
+     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, lms, pndm, dpmpp_2s, dpmpp_2m_sde_heun \
+     (optionally with a schedule suffix such as dpmpp_2m_karras)";
 
 impl SamplerKind {
     /// Every sampler, in the order of [`SAMPLER_NAMES`].
