@@ -329,7 +329,7 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
         (json!({"prompt": "a", "seed": "42"}), "field `seed`"),
         (json!({"prompt": "a", "seed": 1.5}), "field `seed`"),
         (
-            json!({"prompt": "a", "scheduler": "PLMS"}),
+            json!({"prompt": "a", "scheduler": "NoSuchSampler"}),
             "field `scheduler`",
         ),
         (

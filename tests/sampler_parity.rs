@@ -123,6 +123,15 @@ cases! {
     guidance_rescale => "guidance_rescale_euler_leading_s180_n8",
     dpmpp_sde_karras => "dpmpp_sde_karras_s140_n8",
     dpmpp_sde_leading => "dpmpp_sde_leading_s141_n8",
+    lms_leading => "lms_leading_s220_n8",
+    lms_karras => "lms_karras_s221_n8",
+    pndm_leading => "pndm_leading_s222_n8",
+    pndm_linspace => "pndm_linspace_s223_n8",
+    dpmpp_2s_default => "dpmpp_2s_default_s224_n8",
+    dpmpp_2s_default_9 => "dpmpp_2s_default_s225_n9",
+    dpmpp_2s_karras => "dpmpp_2s_karras_s226_n8",
+    dpmpp_2m_sde_heun_leading => "dpmpp_2m_sde_heun_leading_s227_n8",
+    dpmpp_2m_sde_heun_karras => "dpmpp_2m_sde_heun_karras_s228_n8",
 }
 
 #[test]

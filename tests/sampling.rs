@@ -115,6 +115,9 @@ fn vp_form(kind: SamplerKind) -> bool {
             | SamplerKind::UniPc
             | SamplerKind::Ddim
             | SamplerKind::Lcm
+            | SamplerKind::Pndm
+            | SamplerKind::DpmPp2s
+            | SamplerKind::DpmPp2mSdeHeun
     )
 }
 

@@ -693,7 +693,7 @@ mod tests {
     fn all_violations_are_reported_together() {
         let e = errs(
             json!({"prompt": 5, "width": 1001, "height": 4096, "steps": 0,
-            "guidance_scale": "high", "scheduler": "PLMS", "colour": "red"}),
+            "guidance_scale": "high", "scheduler": "NoSuchSampler", "colour": "red"}),
         );
         assert_eq!(e.len(), 7, "{e:#?}");
         let all = e.join("\n");
@@ -704,7 +704,7 @@ mod tests {
             "field `height`: 4096",
             "field `num_inference_steps`: 0",
             "field `guidance_scale`",
-            "field `scheduler`: \"PLMS\"",
+            "field `scheduler`: \"NoSuchSampler\"",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }

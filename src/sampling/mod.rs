@@ -7,7 +7,7 @@
 //! * [`variation`]: A1111's variation-seed (subseed) slerp of two noises.
 //! * [`schedule`]: betas, ᾱ, σ and every σ schedule (diffusers spacings, Karras,
 //!   exponential, beta, ComfyUI's normal/sgm_uniform/simple/ddim_uniform).
-//! * [`sampler`]: the twelve samplers, driven by a model callback.
+//! * [`sampler`]: the samplers, driven by a model callback.
 //! * [`guidance`]: classifier-free guidance and diffusers' `guidance_rescale`.
 //! * [`names`]: the names users give samplers and schedules (A1111, ComfyUI, k-diffusion,
 //!   diffusers), and each sampler's default schedule; one reader for the job API and `bench`.

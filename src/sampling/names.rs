@@ -26,6 +26,12 @@ pub fn default_schedule(sampler: SamplerKind) -> SigmaSchedule {
         S::Ddim => Sch::Default,
         S::Lcm => Sch::SgmUniform,
         S::Euler | S::EulerAncestral | S::Heun | S::UniPc => Sch::Normal,
+        // A1111's LMS has no preferred schedule (its native one is `normal`); PLMS and DPM++
+        // 2S exist as diffusers classes only, on their own spacing; DPM++ 2M SDE Heun as
+        // A1111's DPM++ 2M SDE.
+        S::Lms => Sch::Normal,
+        S::Pndm | S::DpmPp2s => Sch::Default,
+        S::DpmPp2mSdeHeun => Sch::Exponential,
     }
 }
 
@@ -34,13 +40,16 @@ pub fn default_schedule(sampler: SamplerKind) -> SigmaSchedule {
 /// and diffusers class names. The schedule is `Some` only where the label carries one.
 pub const SAMPLER_LABELS: &[(&str, SamplerKind, Option<SigmaSchedule>)] = &[
     ("euler", S::Euler, None),
-    ("k_euler", S::Euler, None),
+    // worker-sdxl's `K_EULER`: `EulerDiscreteScheduler.from_config(pipeline config)`, i.e.
+    // the checkpoint's own spacing (`leading` for SDXL), not A1111's `normal`.
+    ("k_euler", S::Euler, Some(Sch::Default)),
     ("eulerdiscretescheduler", S::Euler, None),
     ("euler karras", S::Euler, Some(Sch::Karras)),
     ("euler a", S::EulerAncestral, None),
     ("euler_a", S::EulerAncestral, None),
     ("euler_ancestral", S::EulerAncestral, None),
-    ("k_euler_ancestral", S::EulerAncestral, None),
+    // worker-sdxl's `K_EULER_ANCESTRAL`: the diffusers class on the checkpoint's spacing.
+    ("k_euler_ancestral", S::EulerAncestral, Some(Sch::Default)),
     ("k_euler_a", S::EulerAncestral, None),
     ("eulerancestraldiscretescheduler", S::EulerAncestral, None),
     ("heun", S::Heun, None),
@@ -63,7 +72,9 @@ pub const SAMPLER_LABELS: &[(&str, SamplerKind, Option<SigmaSchedule>)] = &[
     ("k_dpmpp_2m", S::DpmPp2m, None),
     ("dpm++ 2m karras", S::DpmPp2m, Some(Sch::Karras)),
     ("dpmpp_2m_karras", S::DpmPp2m, Some(Sch::Karras)),
-    ("dpmsolvermultistep", S::DpmPp2m, None),
+    // worker-sdxl's `DPMSolverMultistep`: `DPMSolverMultistepScheduler.from_config` with no
+    // options, i.e. DPM++ 2M on the checkpoint's spacing (no Karras σs).
+    ("dpmsolvermultistep", S::DpmPp2m, Some(Sch::Default)),
     ("dpmsolvermultistepscheduler", S::DpmPp2m, None),
     ("dpm++ sde", S::DpmPpSde, None),
     ("dpmpp_sde", S::DpmPpSde, None),
@@ -99,13 +110,55 @@ pub const SAMPLER_LABELS: &[(&str, SamplerKind, Option<SigmaSchedule>)] = &[
     ("unipcmultistepscheduler", S::UniPc, None),
     ("lcm", S::Lcm, None),
     ("lcmscheduler", S::Lcm, None),
+    ("lms", S::Lms, None),
+    ("k_lms", S::Lms, None),
+    ("lms karras", S::Lms, Some(Sch::Karras)),
+    ("k_lms_ka", S::Lms, Some(Sch::Karras)),
+    ("lmsdiscretescheduler", S::Lms, None),
+    // worker-sdxl's `KLMS`: `LMSDiscreteScheduler` on the checkpoint's spacing.
+    ("klms", S::Lms, Some(Sch::Default)),
+    ("plms", S::Pndm, None),
+    ("pndm", S::Pndm, None),
+    ("pndmscheduler", S::Pndm, None),
+    ("dpm++ 2s", S::DpmPp2s, None),
+    ("dpmpp_2s", S::DpmPp2s, None),
+    ("k_dpmpp_2s", S::DpmPp2s, None),
+    ("dpm++ 2s karras", S::DpmPp2s, Some(Sch::Karras)),
+    ("dpmsolversinglestepscheduler", S::DpmPp2s, None),
+    // worker-sdxl's `DPMSolverSinglestep`: the class's defaults (order 2, dpmsolver++).
+    ("dpmsolversinglestep", S::DpmPp2s, Some(Sch::Default)),
+    ("dpm++ 2m sde heun", S::DpmPp2mSdeHeun, None),
+    ("dpmpp_2m_sde_heun", S::DpmPp2mSdeHeun, None),
+    ("k_dpmpp_2m_sde_heun", S::DpmPp2mSdeHeun, None),
+    (
+        "dpm++ 2m sde heun karras",
+        S::DpmPp2mSdeHeun,
+        Some(Sch::Karras),
+    ),
+    (
+        "k_dpmpp_2m_sde_heun_ka",
+        S::DpmPp2mSdeHeun,
+        Some(Sch::Karras),
+    ),
+    (
+        "dpm++ 2m sde heun exponential",
+        S::DpmPp2mSdeHeun,
+        Some(Sch::Exponential),
+    ),
+    (
+        "k_dpmpp_2m_sde_heun_exp",
+        S::DpmPp2mSdeHeun,
+        Some(Sch::Exponential),
+    ),
 ];
 
 /// The sampler labels as error messages list them.
 pub const SAMPLER_LABELS_ALLOWED: &str = "Euler, Euler a, Heun, DPM2, DPM2 a, DPM++ 2M, \
-     DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE, DDIM, UniPC, LCM (A1111 labels, optionally with \
-     Karras/Exponential; or ComfyUI names euler, euler_ancestral, heun, dpm_2, dpm_2_ancestral, \
-     dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm)";
+     DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE, DDIM, UniPC, LCM, LMS, PLMS, DPM++ 2S, DPM++ 2M SDE \
+     Heun (A1111 labels, optionally with Karras/Exponential; or ComfyUI names euler, \
+     euler_ancestral, heun, dpm_2, dpm_2_ancestral, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, \
+     dpmpp_3m_sde, ddim, uni_pc, lcm, lms, dpmpp_2m_sde_heun; or worker-sdxl names PNDM, KLMS, \
+     DDIM, K_EULER, K_EULER_ANCESTRAL, DPMSolverMultistep, DPMSolverSinglestep)";
 
 /// Schedule labels: ComfyUI scheduler names, A1111 "Schedule type" labels and diffusers'
 /// timestep spacings. "Automatic" (`None`) keeps the sampler's default. A name ComfyUI and
@@ -228,7 +281,9 @@ mod tests {
             parse_sampler_label("DPM++ 2M SDE Exponential").unwrap(),
             (S::DpmPp2mSde, Sch::Exponential)
         );
-        let e = parse_sampler_label("plms").unwrap_err().to_string();
+        let e = parse_sampler_label("no such sampler")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("DPM++ 2M"), "{e}");
         assert_eq!(parse_schedule_label("Automatic").unwrap(), None);
         assert!(parse_schedule_label("cosine").is_err());
@@ -239,5 +294,35 @@ mod tests {
             (S::DpmPp2m, Sch::Beta)
         );
         assert_eq!(choose(None, S::Lcm, None), (S::Lcm, Sch::SgmUniform));
+    }
+
+    /// worker-sdxl's scheduler names mean its diffusers class built from the pipeline's own
+    /// config: the checkpoint's spacing, no Karras σs.
+    #[test]
+    fn worker_sdxl_scheduler_names() {
+        let d = Sch::Default;
+        for (name, kind, schedule) in [
+            ("PNDM", S::Pndm, d),
+            ("KLMS", S::Lms, d),
+            ("DDIM", S::Ddim, d),
+            ("K_EULER", S::Euler, d),
+            ("K_EULER_ANCESTRAL", S::EulerAncestral, d),
+            ("DPMSolverMultistep", S::DpmPp2m, d),
+            ("DPMSolverSinglestep", S::DpmPp2s, d),
+            // A1111 labels of the same samplers keep A1111's defaults.
+            ("LMS", S::Lms, Sch::Normal),
+            ("LMS Karras", S::Lms, Sch::Karras),
+            ("PLMS", S::Pndm, d),
+            ("DPM++ 2M SDE Heun", S::DpmPp2mSdeHeun, Sch::Exponential),
+            ("DPM++ 2S", S::DpmPp2s, d),
+        ] {
+            let got = parse_sampler_label(name).unwrap();
+            assert_eq!(got, (kind, schedule), "{name}");
+        }
+        // Every sampler's A1111 label reads back as that sampler.
+        for kind in SamplerKind::ALL {
+            let l: SamplerLabel = kind.label().parse().unwrap();
+            assert_eq!(l.sampler, kind, "{}", kind.label());
+        }
     }
 }

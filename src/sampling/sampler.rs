@@ -22,6 +22,12 @@
 //! | `ddim` | `DDIMScheduler` (η 0); on other schedules k-diffusion/ComfyUI DDIM = Euler |
 //! | `uni_pc` | `UniPCMultistepScheduler` (bh2, order 2, predict x0) |
 //! | `lcm` | `LCMScheduler` |
+//! | `lms` | `LMSDiscreteScheduler` (order 4) |
+//! | `pndm` | `PNDMScheduler` (`skip_prk_steps`; PLMS) |
+//! | `dpmpp_2s` | `DPMSolverSinglestepScheduler` (dpmsolver++, order 2) |
+//! | `dpmpp_2m_sde_heun` | `DPMSolverMultistepScheduler` (sde-dpmsolver++, heun) |
+//!
+//! The last four live in `sampler/diffusers.rs`.
 //!
 //! diffusers' VP-space schedulers (DPM-Solver, UniPC, DDIM, LCM) are the same maps written
 //! for `x/sqrt(σ²+1)`; their `init_noise_sigma` of 1 becomes `sqrt(σ_0²+1)` here.
@@ -35,6 +41,8 @@ use super::schedule::{
     ScheduleConfig, SigmaSchedule, TimestepSpacing,
 };
 use super::{SamplingError, SdeNoise};
+
+mod diffusers;
 
 /// Which update rule runs between model calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,16 +60,24 @@ pub enum SamplerKind {
     Ddim,
     UniPc,
     Lcm,
+    /// Linear multistep, order 4 (diffusers `LMSDiscreteScheduler`, k-diffusion `sample_lms`).
+    Lms,
+    /// PLMS: diffusers `PNDMScheduler` with `skip_prk_steps` (SDXL's config).
+    Pndm,
+    /// DPM-Solver++(2S): diffusers `DPMSolverSinglestepScheduler` (order 2, `dpmsolver++`).
+    DpmPp2s,
+    /// DPM++ 2M SDE with the Heun second-order weight (`solver_type="heun"`).
+    DpmPp2mSdeHeun,
 }
 
 /// Accepted sampler names, for error messages and docs.
 pub const SAMPLER_NAMES: &str = "euler, euler_a, heun, dpm_2, dpm_2_a, dpmpp_2m, dpmpp_sde, \
-     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm (optionally with a schedule suffix such as \
-     dpmpp_2m_karras)";
+     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, lms, pndm, dpmpp_2s, dpmpp_2m_sde_heun \
+     (optionally with a schedule suffix such as dpmpp_2m_karras)";
 
 impl SamplerKind {
     /// Every sampler, in the order of [`SAMPLER_NAMES`].
-    pub const ALL: [SamplerKind; 12] = [
+    pub const ALL: [SamplerKind; 16] = [
         Self::Euler,
         Self::EulerAncestral,
         Self::Heun,
@@ -74,6 +90,10 @@ impl SamplerKind {
         Self::Ddim,
         Self::UniPc,
         Self::Lcm,
+        Self::Lms,
+        Self::Pndm,
+        Self::DpmPp2s,
+        Self::DpmPp2mSdeHeun,
     ];
 
     /// Parses our names and the common spellings of ComfyUI (`euler_ancestral`,
@@ -100,6 +120,10 @@ impl SamplerKind {
             "ddim" => Self::Ddim,
             "uni_pc" | "unipc" | "uni_pc_bh2" => Self::UniPc,
             "lcm" => Self::Lcm,
+            "lms" => Self::Lms,
+            "pndm" | "plms" => Self::Pndm,
+            "dpmpp_2s" | "dpmpp2s" => Self::DpmPp2s,
+            "dpmpp_2m_sde_heun" | "dpmpp2msdeheun" => Self::DpmPp2mSdeHeun,
             _ => {
                 return Err(SamplingError::UnknownName {
                     field: "sampler",
@@ -152,6 +176,10 @@ impl SamplerKind {
             Self::Ddim => "ddim",
             Self::UniPc => "uni_pc",
             Self::Lcm => "lcm",
+            Self::Lms => "lms",
+            Self::Pndm => "pndm",
+            Self::DpmPp2s => "dpmpp_2s",
+            Self::DpmPp2mSdeHeun => "dpmpp_2m_sde_heun",
         }
     }
 
@@ -170,6 +198,10 @@ impl SamplerKind {
             Self::Ddim => "DDIM",
             Self::UniPc => "UniPC",
             Self::Lcm => "LCM",
+            Self::Lms => "LMS",
+            Self::Pndm => "PLMS",
+            Self::DpmPp2s => "DPM++ 2S",
+            Self::DpmPp2mSdeHeun => "DPM++ 2M SDE Heun",
         }
     }
 
@@ -183,13 +215,17 @@ impl SamplerKind {
                 | Self::DpmPp2mSde
                 | Self::DpmPp3mSde
                 | Self::Lcm
+                | Self::DpmPp2mSdeHeun
         )
     }
 
     /// Whether its noise is the SDE noise of [`SdeNoise`] (a Brownian tree by default) rather
     /// than plain per-step draws from the image generators.
     pub fn uses_sde_noise(self) -> bool {
-        matches!(self, Self::DpmPpSde | Self::DpmPp2mSde | Self::DpmPp3mSde)
+        matches!(
+            self,
+            Self::DpmPpSde | Self::DpmPp2mSde | Self::DpmPp3mSde | Self::DpmPp2mSdeHeun
+        )
     }
 
     /// Which diffusers class family lays out its spacing and timesteps.
@@ -203,6 +239,12 @@ impl SamplerKind {
             Self::DpmPp2m | Self::DpmPp2mSde | Self::DpmPp3mSde | Self::UniPc => Family::Multistep,
             Self::Ddim => Family::Ddim,
             Self::Lcm => Family::Lcm,
+            Self::Lms => Family::Euler {
+                round_karras: false,
+            },
+            // PNDM spaces and steps like DDIM (t → t − 1000//N, ᾱ_0 past the end).
+            Self::Pndm => Family::Ddim,
+            Self::DpmPp2s | Self::DpmPp2mSdeHeun => Family::Multistep,
         }
     }
 
@@ -406,6 +448,9 @@ pub struct Sampler {
     init_noise_sigma: f32,
     /// Training log σ (float32), for the timesteps of intermediate σs.
     log_sigmas: Vec<f32>,
+    /// PLMS on a diffusers spacing: per step `i`, the σ of `t_{i+1} + 1000//N`, where
+    /// diffusers starts the Heun redo of a run's first step (σ_i unless the spacing is uneven).
+    plms_heun_from: Option<Vec<f32>>,
 }
 
 impl Sampler {
@@ -422,10 +467,11 @@ impl Sampler {
         let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
         let family = kind.family();
         let mut ddim_targets = None;
+        let mut plms_heun_from = None;
         let (sigmas, timesteps, init_noise_sigma) = match schedule.spacing(cfg) {
             Some(spacing) => {
                 let c = ScheduleConfig {
-                    timestep_spacing: spacing,
+                    timestep_spacing: diffusers::class_spacing(kind, spacing),
                     ..cfg.clone()
                 };
                 match family {
@@ -445,6 +491,10 @@ impl Sampler {
                     }
                     Family::Ddim => {
                         let (ts, sigmas, targets) = ddim_spacing(&c, &train, steps)?;
+                        if kind == SamplerKind::Pndm {
+                            plms_heun_from =
+                                Some(diffusers::plms_heun_from_sigmas(&ts, &train, steps)?);
+                        }
                         ddim_targets = Some(targets);
                         let init = vp_unit(sigmas[0]);
                         (sigmas, ts, init)
@@ -530,6 +580,7 @@ impl Sampler {
             ddim_targets,
             init_noise_sigma,
             log_sigmas,
+            plms_heun_from,
         })
     }
 
@@ -650,6 +701,8 @@ impl Sampler {
         let sigma_max = positive.fold(0f32, f32::max);
         let mut hist = History::default();
         let mut unipc = UniPcState::default();
+        let mut extra = diffusers::DiffusersState::default();
+        let singlestep_orders = diffusers::singlestep_orders(self.num_steps());
         for i in 0..n {
             let (sigma, sigma_next) = (s[i], s[i + 1]);
             let d = model(&x, sigma, ts[i])?;
@@ -735,7 +788,7 @@ impl Sampler {
                         add_scaled(&exp_step(&x, &d2, from, sd)?, &z, su)?
                     }
                 }
-                SamplerKind::DpmPp2mSde => {
+                SamplerKind::DpmPp2mSde | SamplerKind::DpmPp2mSdeHeun => {
                     let next = if sigma_next == 0.0 {
                         if noise.sde == SdeNoise::Gaussian {
                             // diffusers draws its noise on the last step too.
@@ -750,7 +803,8 @@ impl Sampler {
                         if let (Some(old), Some(h_last)) = (&hist.d1, hist.h1) {
                             let r = h_last / h;
                             let diff = minus(&d, old)?;
-                            next = add_scaled(&next, &diff, (0.5 * coef / r) as f32)?;
+                            let w = diffusers::sde_second_order_weight(self.kind, coef, h);
+                            next = add_scaled(&next, &diff, (w / r) as f32)?;
                         }
                         let z = noise.sde(sigma, sigma_next, sigma_min, sigma_max)?;
                         let amp = sigma_next as f64 * coef.sqrt();
@@ -812,6 +866,11 @@ impl Sampler {
                     None => euler(&x, &d, sigma, sigma_next)?,
                 },
                 SamplerKind::UniPc => unipc.step(&x, d, s, i, n)?,
+                SamplerKind::Lms => extra.lms(&x, &d, s, i)?,
+                SamplerKind::Pndm => self.plms_step(&mut extra, &x, &d, start, i, model)?,
+                SamplerKind::DpmPp2s => {
+                    extra.dpmpp_2s(&x, d, s, i, singlestep_orders[start + i])?
+                }
                 SamplerKind::Lcm => {
                     if i + 1 == n {
                         d
@@ -1155,9 +1214,9 @@ mod tests {
             assert_eq!(SamplerKind::parse(k.name()).unwrap(), k);
             assert_eq!(SamplerKind::parse(k.label()).unwrap(), k, "{}", k.label());
         }
-        let err = SamplerKind::parse("plms").unwrap_err().to_string();
+        let err = SamplerKind::parse("nosuch").unwrap_err().to_string();
         assert!(
-            err.contains("plms") && err.contains("dpmpp_3m_sde"),
+            err.contains("nosuch") && err.contains("dpmpp_3m_sde"),
             "{err}"
         );
     }
