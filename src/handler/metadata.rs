@@ -95,9 +95,18 @@ impl SdxlHandler {
 /// The `Schedule type` written for `schedule`. The checkpoint's own diffusers spacing is
 /// written `Default`: its label "Automatic" reads back as the sampler's default schedule,
 /// which for most samplers is another one.
+///
+/// A1111's own definitions of Normal, SGM Uniform, Simple and DDIM share their labels with
+/// ComfyUI's schedules of the same name, which a request's plain `normal` (and an infotext's
+/// `Normal`) means here; they are written by their canonical names (`a1111_normal`, …) so that
+/// the text reads back to the same schedule.
 fn schedule_label(schedule: SigmaSchedule) -> &'static str {
     match schedule {
         SigmaSchedule::Default => "Default",
+        SigmaSchedule::A1111Normal
+        | SigmaSchedule::A1111SgmUniform
+        | SigmaSchedule::A1111Simple
+        | SigmaSchedule::A1111Ddim => schedule.name(),
         other => other.label(),
     }
 }
