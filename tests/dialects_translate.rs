@@ -286,7 +286,7 @@ fn a1111_sampler_and_schedule_names() {
         ),
         ("Euler a Karras", Runs(S::EulerAncestral, Sch::Karras)),
         ("DPM2 a Karras", Runs(S::Dpm2Ancestral, Sch::Karras)),
-        ("Euler SGM Uniform", Runs(S::Euler, Sch::SgmUniform)),
+        ("Euler SGM Uniform", Runs(S::Euler, Sch::A1111SgmUniform)),
     ];
     assert_eq!(a1111::SAMPLERS.len() + 5, cases.len());
     for (name, want) in cases {
@@ -304,21 +304,24 @@ fn a1111_sampler_and_schedule_names() {
         }
     }
 
+    // A1111's schedule types with A1111's definitions; "Automatic" is the sampler's default
+    // schedule as for every other request.
     let schedules = [
         ("automatic", Some(Sch::Normal)),
         ("Automatic", Some(Sch::Normal)),
-        ("uniform", Some(Sch::Normal)),
+        ("uniform", Some(Sch::Uniform)),
         ("karras", Some(Sch::Karras)),
         ("Karras", Some(Sch::Karras)),
         ("exponential", Some(Sch::Exponential)),
-        ("polyexponential", None),
-        ("sgm_uniform", Some(Sch::SgmUniform)),
-        ("SGM Uniform", Some(Sch::SgmUniform)),
-        ("kl_optimal", None),
-        ("align_your_steps", None),
-        ("simple", Some(Sch::Simple)),
-        ("normal", Some(Sch::Normal)),
-        ("ddim", Some(Sch::DdimUniform)),
+        ("polyexponential", Some(Sch::Polyexponential)),
+        ("sgm_uniform", Some(Sch::A1111SgmUniform)),
+        ("SGM Uniform", Some(Sch::A1111SgmUniform)),
+        ("kl_optimal", Some(Sch::KlOptimal)),
+        ("align_your_steps", Some(Sch::AlignYourSteps)),
+        ("Align Your Steps", Some(Sch::AlignYourSteps)),
+        ("simple", Some(Sch::A1111Simple)),
+        ("normal", Some(Sch::A1111Normal)),
+        ("ddim", Some(Sch::A1111Ddim)),
         ("beta", Some(Sch::Beta)),
     ];
     for (name, want) in schedules {

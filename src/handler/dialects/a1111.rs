@@ -536,7 +536,7 @@ fn sampler(obj: &Map<String, Value>, out: &mut Out) -> Option<String> {
     out.set("scheduler", Value::from(label.clone()));
     let schedule = match get(obj, "scheduler") {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(schedule_label(s)),
-        Some(Value::String(_)) | None => split,
+        Some(Value::String(_)) | None => split.map(|schedule| schedule_label(&schedule)),
         Some(other) => {
             out.refuse("scheduler", other, "an A1111 schedule type name or label");
             None
