@@ -36,6 +36,10 @@ use super::schedule::{
 };
 use super::{SamplingError, SdeNoise};
 
+#[path = "sampler_kdiffusion.rs"]
+mod kdiffusion;
+pub use kdiffusion::{restart_steps, CfgModel, Prediction};
+
 /// Which update rule runs between model calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SamplerKind {
@@ -52,16 +56,27 @@ pub enum SamplerKind {
     Ddim,
     UniPc,
     Lcm,
+    /// k-diffusion `sample_dpmpp_2s_ancestral` (η 1).
+    DpmPp2sAncestral,
+    /// k-diffusion `sample_dpm_fast`: its own t-spacing between the run's σ_max and σ_min.
+    DpmFast,
+    /// k-diffusion `sample_dpm_adaptive`: error-controlled steps, model calls ≠ steps.
+    DpmAdaptive,
+    /// A1111's Restart sampler (Heun steps with restart segments).
+    Restart,
+    /// A1111's DDIM CFG++ (renoises with the unconditional prediction).
+    DdimCfgPp,
 }
 
 /// Accepted sampler names, for error messages and docs.
 pub const SAMPLER_NAMES: &str = "euler, euler_a, heun, dpm_2, dpm_2_a, dpmpp_2m, dpmpp_sde, \
-     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm (optionally with a schedule suffix such as \
+     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, dpmpp_2s_a, dpm_fast, dpm_adaptive, restart, \
+     ddim_cfgpp (optionally with a schedule suffix such as \
      dpmpp_2m_karras)";
 
 impl SamplerKind {
     /// Every sampler, in the order of [`SAMPLER_NAMES`].
-    pub const ALL: [SamplerKind; 12] = [
+    pub const ALL: [SamplerKind; 17] = [
         Self::Euler,
         Self::EulerAncestral,
         Self::Heun,
@@ -74,6 +89,11 @@ impl SamplerKind {
         Self::Ddim,
         Self::UniPc,
         Self::Lcm,
+        Self::DpmPp2sAncestral,
+        Self::DpmFast,
+        Self::DpmAdaptive,
+        Self::Restart,
+        Self::DdimCfgPp,
     ];
 
     /// Parses our names and the common spellings of ComfyUI (`euler_ancestral`,
@@ -100,6 +120,11 @@ impl SamplerKind {
             "ddim" => Self::Ddim,
             "uni_pc" | "unipc" | "uni_pc_bh2" => Self::UniPc,
             "lcm" => Self::Lcm,
+            "dpmpp_2s_a" | "dpmpp_2s_ancestral" | "dpmpp2sa" => Self::DpmPp2sAncestral,
+            "dpm_fast" | "dpmfast" => Self::DpmFast,
+            "dpm_adaptive" | "dpmadaptive" => Self::DpmAdaptive,
+            "restart" => Self::Restart,
+            "ddim_cfgpp" | "ddim_cfg_pp" | "ddimcfgpp" => Self::DdimCfgPp,
             _ => {
                 return Err(SamplingError::UnknownName {
                     field: "sampler",
@@ -152,6 +177,11 @@ impl SamplerKind {
             Self::Ddim => "ddim",
             Self::UniPc => "uni_pc",
             Self::Lcm => "lcm",
+            Self::DpmPp2sAncestral => "dpmpp_2s_a",
+            Self::DpmFast => "dpm_fast",
+            Self::DpmAdaptive => "dpm_adaptive",
+            Self::Restart => "restart",
+            Self::DdimCfgPp => "ddim_cfgpp",
         }
     }
 
@@ -170,6 +200,11 @@ impl SamplerKind {
             Self::Ddim => "DDIM",
             Self::UniPc => "UniPC",
             Self::Lcm => "LCM",
+            Self::DpmPp2sAncestral => "DPM++ 2S a",
+            Self::DpmFast => "DPM fast",
+            Self::DpmAdaptive => "DPM adaptive",
+            Self::Restart => "Restart",
+            Self::DdimCfgPp => "DDIM CFG++",
         }
     }
 
@@ -183,6 +218,10 @@ impl SamplerKind {
                 | Self::DpmPp2mSde
                 | Self::DpmPp3mSde
                 | Self::Lcm
+                | Self::DpmPp2sAncestral
+                | Self::DpmFast
+                | Self::DpmAdaptive
+                | Self::Restart
         )
     }
 
@@ -203,6 +242,12 @@ impl SamplerKind {
             Self::DpmPp2m | Self::DpmPp2mSde | Self::DpmPp3mSde | Self::UniPc => Family::Multistep,
             Self::Ddim => Family::Ddim,
             Self::Lcm => Family::Lcm,
+            Self::DpmPp2sAncestral | Self::DpmFast | Self::DpmAdaptive | Self::Restart => {
+                Family::Euler {
+                    round_karras: false,
+                }
+            }
+            Self::DdimCfgPp => Family::Ddim,
         }
     }
 
@@ -643,6 +688,11 @@ impl Sampler {
         on_step: &mut dyn FnMut(StepInfo<'_>) -> Result<(), E>,
     ) -> Result<Tensor, E> {
         self.start_sigma(start)?;
+        if self.kind.is_kdiffusion_extra() {
+            let mut wrapped =
+                |x: &Tensor, sigma: f32, t: f64| model(x, sigma, t).map(Prediction::from);
+            return kdiffusion::run(self, x, start, noise, &mut wrapped, on_step);
+        }
         let s = &self.sigmas[start..];
         let ts = &self.timesteps[start..];
         let n = ts.len();
@@ -814,6 +864,18 @@ impl Sampler {
                     None => euler(&x, &d, sigma, sigma_next)?,
                 },
                 SamplerKind::UniPc => unipc.step(&x, d, s, i, n)?,
+                SamplerKind::DpmPp2sAncestral
+                | SamplerKind::DpmFast
+                | SamplerKind::DpmAdaptive
+                | SamplerKind::Restart
+                | SamplerKind::DdimCfgPp => {
+                    // Run by `kdiffusion::run` above.
+                    return Err(SamplingError::Unsupported(format!(
+                        "{} has its own sampling loop",
+                        self.kind.name()
+                    ))
+                    .into());
+                }
                 SamplerKind::Lcm => {
                     if i + 1 == n {
                         d
