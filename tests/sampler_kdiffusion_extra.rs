@@ -243,3 +243,45 @@ fn ddim_cfgpp_without_uncond_is_ddim() {
     assert_eq!(SamplerKind::DdimCfgPp.guidance_multiplier(), 1.0 / 12.5);
     assert_eq!(SamplerKind::Ddim.guidance_multiplier(), 1.0);
 }
+
+/// A1111 labels, k-diffusion names, A1111 aliases (also the old combined ones) and Civitai's
+/// spellings, with the schedule each implies; the canonical names and labels round-trip.
+#[test]
+fn extra_sampler_names() {
+    use sdxl_worker::sampling::names::parse_sampler_label;
+    use SamplerKind::*;
+    use SigmaSchedule::*;
+    let cases = [
+        ("DPM++ 2S a", DpmPp2sAncestral, Karras),
+        ("dpmpp_2s_ancestral", DpmPp2sAncestral, Karras),
+        ("k_dpmpp_2s_a", DpmPp2sAncestral, Karras),
+        ("DPM2SA", DpmPp2sAncestral, Karras),
+        ("DPM++ 2S a Karras", DpmPp2sAncestral, Karras),
+        ("DPM2SAKarras", DpmPp2sAncestral, Karras),
+        ("DPM fast", DpmFast, Normal),
+        ("dpm_fast", DpmFast, Normal),
+        ("DPMFast", DpmFast, Normal),
+        ("k_dpm_fast", DpmFast, Normal),
+        ("DPM adaptive", DpmAdaptive, Normal),
+        ("dpm_adaptive", DpmAdaptive, Normal),
+        ("DPMAdaptive", DpmAdaptive, Normal),
+        ("k_dpm_ad", DpmAdaptive, Normal),
+        ("Restart", Restart, Karras),
+        ("DDIM CFG++", DdimCfgPp, Default),
+        ("ddim_cfgpp", DdimCfgPp, Default),
+    ];
+    for (label, kind, schedule) in cases {
+        assert_eq!(
+            parse_sampler_label(label).unwrap(),
+            (kind, schedule),
+            "{label}"
+        );
+    }
+    for kind in [DpmPp2sAncestral, DpmFast, DpmAdaptive, Restart, DdimCfgPp] {
+        assert_eq!(SamplerKind::parse(kind.name()).unwrap(), kind);
+        assert_eq!(SamplerKind::parse(kind.label()).unwrap(), kind);
+        assert_eq!(parse_sampler_label(kind.label()).unwrap().0, kind);
+    }
+    let e = parse_sampler_label("DPM3SA").unwrap_err().to_string();
+    assert!(e.contains("sampler") && e.contains("DPM fast"), "{e}");
+}

@@ -155,8 +155,24 @@ struct Run<'p, 'm, 'c, E> {
 impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
     /// The guided data prediction at `x`, σ, with the UNet timestep of σ.
     fn denoised(&mut self, x: &Tensor, sigma: f32) -> Result<Tensor, E> {
+        self.denoised_at(x, sigma, self.plan.timestep_for(sigma))
+    }
+
+    /// The guided data prediction at `x`, σ, with UNet timestep `t`.
+    fn denoised_at(&mut self, x: &Tensor, sigma: f32, t: f64) -> Result<Tensor, E> {
         self.calls += 1;
-        Ok((self.model)(x, sigma, self.plan.timestep_for(sigma))?.denoised)
+        Ok((self.model)(x, sigma, t)?.denoised)
+    }
+
+    /// The UNet timestep of σ: the schedule's own where σ is one of its σs (so that Restart
+    /// below 20 steps is exactly Heun), else the fractional one.
+    fn schedule_timestep(&self, sigma: f32) -> f64 {
+        self.plan
+            .sigmas
+            .iter()
+            .zip(&self.plan.timesteps)
+            .find(|(s, _)| **s == sigma)
+            .map_or_else(|| self.plan.timestep_for(sigma), |(_, t)| *t)
     }
 
     /// DPM-Solver's noise prediction `(x − D)/σ` at time t.
@@ -399,14 +415,14 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
                 }
                 _ => {}
             }
-            let d = self.denoised(&x, old)?;
+            let d = self.denoised_at(&x, old, self.schedule_timestep(old))?;
             x = if new == 0.0 {
                 euler(&x, &d, old, new)?
             } else {
                 let dt = new - old;
                 let deriv = slope(&x, &d, old)?;
                 let x2 = add_scaled(&x, &deriv, dt)?;
-                let d2 = self.denoised(&x2, new)?;
+                let d2 = self.denoised_at(&x2, new, self.schedule_timestep(new))?;
                 let deriv2 = slope(&x2, &d2, new)?;
                 add_scaled(&x, &lin(&deriv, 0.5, &deriv2, 0.5)?, dt)?
             };
