@@ -20,6 +20,17 @@ use sdxl_worker::sampling::{
 
 const TOL: f64 = 5e-5;
 
+/// (label, sampler, schedule, steps, expected x, expected model calls, expected step callbacks)
+type Case = (
+    &'static str,
+    SamplerKind,
+    SigmaSchedule,
+    usize,
+    [f64; 2],
+    usize,
+    usize,
+);
+
 struct Outcome {
     x: [f64; 2],
     calls: usize,
@@ -77,16 +88,7 @@ fn rel_err(got: [f64; 2], want: [f64; 2]) -> f64 {
 fn extra_samplers_match_the_numpy_rederivation() {
     use SamplerKind::*;
     use SigmaSchedule::*;
-    // (label, sampler, schedule, steps, expected x, expected model calls, expected step callbacks)
-    let cases: [(
-        &str,
-        SamplerKind,
-        SigmaSchedule,
-        usize,
-        [f64; 2],
-        usize,
-        usize,
-    ); 12] = [
+    let cases: [Case; 12] = [
         (
             "dpmpp_2s_a karras 4",
             DpmPp2sAncestral,
