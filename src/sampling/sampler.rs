@@ -852,14 +852,7 @@ impl Sampler {
                     Some(targets) => {
                         let to = targets[start + i];
                         let landed = euler(&x, &d, sigma, to)?;
-                        if i + 1 == n || to == sigma_next {
-                            landed
-                        } else {
-                            // Same VP latents, read at the next step's σ.
-                            let f = ((sigma_next as f64).powi(2) + 1.0).sqrt()
-                                / ((to as f64).powi(2) + 1.0).sqrt();
-                            scaled(&landed, f as f32)?
-                        }
+                        self.ddim_reread(landed, to, sigma_next, i + 1 == n)?
                     }
                     None => euler(&x, &d, sigma, sigma_next)?,
                 },
@@ -892,12 +885,7 @@ impl Sampler {
                 sigma: sigma_next,
             })?;
         }
-        if self.ddim_targets.is_some() {
-            // diffusers' DDIM returns its VP-form latents, which at ᾱ_0 are not at σ = 0.
-            let last = s[n];
-            x = scaled(&x, 1.0 / (last * last + 1.0).sqrt())?;
-        }
-        Ok(x)
+        Ok(self.ddim_finish(x, s[n])?)
     }
 }
 

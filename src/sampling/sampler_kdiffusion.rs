@@ -224,8 +224,8 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
 
     /// The σ range DPM fast/adaptive integrate over: from the run's first σ to its smallest
     /// positive one (A1111: the model's σ_max…σ_min for txt2img, the truncated schedule's for
-    /// img2img), and the number of schedule steps.
-    fn ode_range(&self, start: usize) -> Result<(f32, f32, usize), SamplingError> {
+    /// img2img) in t = −ln σ, and the number of schedule steps.
+    fn ode_range(&self, start: usize) -> Result<(f64, f64, usize), SamplingError> {
         let s = &self.plan.sigmas[start..];
         let sigma_min = s
             .iter()
@@ -239,7 +239,11 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
                 self.plan.kind.name()
             )));
         }
-        Ok((sigma_min, sigma_max, self.plan.timesteps.len() - start))
+        Ok((
+            -(sigma_max as f64).ln(),
+            -(sigma_min as f64).ln(),
+            self.plan.timesteps.len() - start,
+        ))
     }
 
     /// k-diffusion `sample_dpm_fast` (DPM-Solver-fast, η 1 as A1111 calls it): `nfe` model
@@ -252,8 +256,7 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
         noise: &mut SamplerNoise<'_>,
         on_step: &mut OnStep<'_, E>,
     ) -> Result<Tensor, E> {
-        let (sigma_min, sigma_max, nfe) = self.ode_range(start)?;
-        let (t_start, t_end) = (-(sigma_max as f64).ln(), -(sigma_min as f64).ln());
+        let (t_start, t_end, nfe) = self.ode_range(start)?;
         let m = nfe / 3 + 1;
         let ts: Vec<f64> = (0..=m)
             .map(|k| t_start + (t_end - t_start) * k as f64 / m as f64)
@@ -306,8 +309,7 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
         noise: &mut SamplerNoise<'_>,
         on_step: &mut OnStep<'_, E>,
     ) -> Result<Tensor, E> {
-        let (sigma_min, sigma_max, n) = self.ode_range(start)?;
-        let (t_start, t_end) = (-(sigma_max as f64).ln(), -(sigma_min as f64).ln());
+        let (t_start, t_end, n) = self.ode_range(start)?;
         let mut pid = Pid::new(ADAPTIVE_H_INIT, ADAPTIVE_ORDER_ETA);
         let mut s = t_start;
         let mut x_prev = x.clone();
@@ -463,14 +465,7 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
             };
             let renoise = slope(&x, uncond, sigma)?;
             let landed = add_scaled(&p.denoised, &renoise, to)?;
-            x = if self.plan.ddim_targets.is_none() || i + 1 == n || to == sigma_next {
-                landed
-            } else {
-                // Same VP latents, read at the next step's σ (as DDIM).
-                let f =
-                    ((sigma_next as f64).powi(2) + 1.0).sqrt() / ((to as f64).powi(2) + 1.0).sqrt();
-                super::scaled(&landed, f as f32)?
-            };
+            x = self.plan.ddim_reread(landed, to, sigma_next, i + 1 == n)?;
             on_step(StepInfo {
                 step: i + 1,
                 steps: n,
@@ -478,11 +473,34 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
                 sigma: sigma_next,
             })?;
         }
-        if self.plan.ddim_targets.is_some() {
-            let last = s[n];
-            x = super::scaled(&x, 1.0 / (last * last + 1.0).sqrt())?;
+        Ok(self.plan.ddim_finish(x, s[n])?)
+    }
+}
+
+impl Sampler {
+    /// DDIM's latents after a step that landed at σ `to`: under diffusers' DDIM spacing the
+    /// same VP latents read at the next step's σ (which can differ from `to`), else as they are.
+    pub(super) fn ddim_reread(
+        &self,
+        landed: Tensor,
+        to: f32,
+        sigma_next: f32,
+        last: bool,
+    ) -> Result<Tensor, SamplingError> {
+        if self.ddim_targets.is_none() || last || to == sigma_next {
+            return Ok(landed);
         }
-        Ok(x)
+        let f = ((sigma_next as f64).powi(2) + 1.0).sqrt() / ((to as f64).powi(2) + 1.0).sqrt();
+        super::scaled(&landed, f as f32)
+    }
+
+    /// The result of a DDIM run ending at σ `last`: diffusers' DDIM returns its VP-form
+    /// latents, which at ᾱ_0 are not at σ = 0.
+    pub(super) fn ddim_finish(&self, x: Tensor, last: f32) -> Result<Tensor, SamplingError> {
+        if self.ddim_targets.is_none() {
+            return Ok(x);
+        }
+        super::scaled(&x, 1.0 / (last * last + 1.0).sqrt())
     }
 }
 
