@@ -88,7 +88,7 @@ fn rel_err(got: [f64; 2], want: [f64; 2]) -> f64 {
 fn extra_samplers_match_the_numpy_rederivation() {
     use SamplerKind::*;
     use SigmaSchedule::*;
-    let cases: [Case; 12] = [
+    let cases: [Case; 13] = [
         (
             "dpmpp_2s_a karras 4",
             DpmPp2sAncestral,
@@ -133,6 +133,16 @@ fn extra_samplers_match_the_numpy_rederivation() {
             10,
             [1.1271434762e+00, 2.9309061632e-01],
             10,
+            4,
+        ),
+        // From the start DPM fast spans the model's σ range whatever the schedule (A1111).
+        (
+            "dpm_fast 9 on leading spacing",
+            DpmFast,
+            Default,
+            9,
+            [1.2543381612e+00, 3.4742116866e-01],
+            9,
             4,
         ),
         // 36 model calls: 10 accepted and 2 rejected attempts, whatever the step count.

@@ -222,10 +222,16 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
         Ok(x)
     }
 
-    /// The σ range DPM fast/adaptive integrate over: from the run's first σ to its smallest
-    /// positive one (A1111: the model's σ_max…σ_min for txt2img, the truncated schedule's for
-    /// img2img) in t = −ln σ, and the number of schedule steps.
+    /// The range DPM fast/adaptive integrate over, in t = −ln σ, and the number of schedule
+    /// steps: as A1111 calls them, the model's whole σ range for a run from the start
+    /// (txt2img: the schedule only sets the initial noise), and from the run's first σ to its
+    /// last positive one for a later start (img2img, hires).
     fn ode_range(&self, start: usize) -> Result<(f64, f64, usize), SamplingError> {
+        let n = self.plan.timesteps.len() - start;
+        let logs = &self.plan.log_sigmas;
+        if let (0, Some(lo), Some(hi)) = (start, logs.first(), logs.last()) {
+            return Ok((-(*hi as f64), -(*lo as f64), n));
+        }
         let s = &self.plan.sigmas[start..];
         let sigma_min = s
             .iter()
@@ -239,11 +245,7 @@ impl<E: From<SamplingError>> Run<'_, '_, '_, E> {
                 self.plan.kind.name()
             )));
         }
-        Ok((
-            -(sigma_max as f64).ln(),
-            -(sigma_min as f64).ln(),
-            self.plan.timesteps.len() - start,
-        ))
+        Ok((-(sigma_max as f64).ln(), -(sigma_min as f64).ln(), n))
     }
 
     /// k-diffusion `sample_dpm_fast` (DPM-Solver-fast, η 1 as A1111 calls it): `nfe` model
