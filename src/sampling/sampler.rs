@@ -25,6 +25,10 @@
 //!
 //! diffusers' VP-space schedulers (DPM-Solver, UniPC, DDIM, LCM) are the same maps written
 //! for `x/sqrt(σ²+1)`; their `init_noise_sigma` of 1 becomes `sqrt(σ_0²+1)` here.
+//!
+//! A1111's samplers without a diffusers class (DPM++ 2S a, DPM fast, DPM adaptive, Restart,
+//! DDIM CFG++) have their own loops in `sampler_kdiffusion.rs`; DDIM CFG++ reads the
+//! unconditional prediction through [`Sampler::sample_cfg`].
 
 use candle_core::{DType, Device, Tensor};
 
