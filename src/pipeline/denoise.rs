@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 
 use super::{Conditioning, GenerateRequest, PipelineError, Progress, SdxlPipeline, Timings};
 use crate::model::unet::{time_ids_embedding, TIME_ID_DIM};
+use crate::sampling::sampler::Prediction;
 use crate::sampling::{self, ImageRng, Sampler, SamplerNoise, StepInfo};
 
 /// Where [`SdxlPipeline::denoise`] starts.
@@ -156,8 +157,11 @@ impl SdxlPipeline {
         let y = y.to_device(&self.device)?;
 
         let ms = sampler.model_sampling();
+        // DDIM CFG++ scales the guidance down (A1111) and renoises with the uncond prediction.
+        let guidance = req.guidance * sampler.kind().guidance_multiplier();
+        let want_uncond = sampler.kind().needs_uncond();
         let mut unet_calls = 0u32;
-        let mut model = |x: &Tensor, sigma: f32, t: f64| -> Result<Tensor, PipelineError> {
+        let mut model = |x: &Tensor, sigma: f32, t: f64| -> Result<Prediction, PipelineError> {
             if cancelled() {
                 return Err(PipelineError::Cancelled);
             }
@@ -172,15 +176,22 @@ impl SdxlPipeline {
                 .unet
                 .forward(&x_in, &ts, &context, &y)?
                 .to_dtype(DType::F32)?;
-            let guided = if cfg {
+            let (guided, uncond) = if cfg {
                 let u = out.narrow(0, 0, n)?;
                 let c = out.narrow(0, n, n)?;
-                sampling::guidance::guide(&u, &c, req.guidance, req.guidance_rescale)?
+                let g = sampling::guidance::guide(&u, &c, guidance, req.guidance_rescale)?;
+                (g, want_uncond.then_some(u))
             } else {
-                out
+                (out, None)
             };
             unet_calls += 1;
-            Ok(ms.denoised(&guided, x, sigma, t)?)
+            Ok(Prediction {
+                denoised: ms.denoised(&guided, x, sigma, t)?,
+                uncond: match uncond {
+                    Some(u) => Some(ms.denoised(&u, x, sigma, t)?),
+                    None => None,
+                },
+            })
         };
         let mut step_started = Instant::now();
         let mut on_step = |info: StepInfo<'_>| -> Result<(), PipelineError> {
@@ -200,7 +211,7 @@ impl SdxlPipeline {
         };
         let mut noise_src =
             SamplerNoise::new(&mut rngs, seeds, &per_image, &self.device, req.sde_noise)?;
-        let out = sampler.sample(x, start, &mut noise_src, &mut model, &mut on_step);
+        let out = sampler.sample_cfg(x, start, &mut noise_src, &mut model, &mut on_step);
         timings.unet_steps += unet_calls;
         out
     }

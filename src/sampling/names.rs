@@ -32,6 +32,11 @@ pub fn default_schedule(sampler: SamplerKind) -> SigmaSchedule {
         S::Lms => Sch::Normal,
         S::Pndm | S::DpmPp2s => Sch::Default,
         S::DpmPp2mSdeHeun => Sch::Exponential,
+        S::DpmPp2sAncestral | S::Restart => Sch::Karras,
+        S::DdimCfgPp => Sch::Default,
+        // They integrate between the schedule's first and smallest σ: `normal` spans the
+        // model's whole range, as A1111 runs them.
+        S::DpmFast | S::DpmAdaptive => Sch::Normal,
     }
 }
 
@@ -150,15 +155,40 @@ pub const SAMPLER_LABELS: &[(&str, SamplerKind, Option<SigmaSchedule>)] = &[
         S::DpmPp2mSdeHeun,
         Some(Sch::Exponential),
     ),
+    ("dpm++ 2s a", S::DpmPp2sAncestral, None),
+    ("dpmpp_2s_a", S::DpmPp2sAncestral, None),
+    ("dpmpp_2s_ancestral", S::DpmPp2sAncestral, None),
+    ("k_dpmpp_2s_a", S::DpmPp2sAncestral, None),
+    ("k_dpmpp_2s_ancestral", S::DpmPp2sAncestral, None),
+    ("dpm2sa", S::DpmPp2sAncestral, None),
+    ("dpm++ 2s a karras", S::DpmPp2sAncestral, Some(Sch::Karras)),
+    ("dpmpp_2s_a_karras", S::DpmPp2sAncestral, Some(Sch::Karras)),
+    ("k_dpmpp_2s_a_ka", S::DpmPp2sAncestral, Some(Sch::Karras)),
+    ("dpm2sakarras", S::DpmPp2sAncestral, Some(Sch::Karras)),
+    ("dpm fast", S::DpmFast, None),
+    ("dpm_fast", S::DpmFast, None),
+    ("k_dpm_fast", S::DpmFast, None),
+    ("dpmfast", S::DpmFast, None),
+    ("dpm adaptive", S::DpmAdaptive, None),
+    ("dpm_adaptive", S::DpmAdaptive, None),
+    ("k_dpm_ad", S::DpmAdaptive, None),
+    ("k_dpm_adaptive", S::DpmAdaptive, None),
+    ("dpmadaptive", S::DpmAdaptive, None),
+    ("restart", S::Restart, None),
+    ("ddim cfg++", S::DdimCfgPp, None),
+    ("ddim_cfgpp", S::DdimCfgPp, None),
+    ("ddimcfgpp", S::DdimCfgPp, None),
 ];
 
 /// The sampler labels as error messages list them.
-pub const SAMPLER_LABELS_ALLOWED: &str = "Euler, Euler a, Heun, DPM2, DPM2 a, DPM++ 2M, \
-     DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE, DDIM, UniPC, LCM, LMS, PLMS, DPM++ 2S, DPM++ 2M SDE \
-     Heun (A1111 labels, optionally with Karras/Exponential; or ComfyUI names euler, \
-     euler_ancestral, heun, dpm_2, dpm_2_ancestral, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, \
-     dpmpp_3m_sde, ddim, uni_pc, lcm, lms, dpmpp_2m_sde_heun; or worker-sdxl names PNDM, KLMS, \
-     DDIM, K_EULER, K_EULER_ANCESTRAL, DPMSolverMultistep, DPMSolverSinglestep)";
+pub const SAMPLER_LABELS_ALLOWED: &str = "Euler, Euler a, LMS, Heun, DPM2, DPM2 a, DPM++ 2S a, \
+     DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 3M SDE, DPM fast, DPM adaptive, \
+     Restart, DDIM, DDIM CFG++, PLMS, UniPC, LCM, DPM++ 2S (A1111 labels, optionally with \
+     Karras/Exponential; or ComfyUI names euler, euler_ancestral, heun, dpm_2, dpm_2_ancestral, \
+     dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, lms, dpmpp_2m_sde_heun, \
+     dpmpp_2s_ancestral, dpm_fast, dpm_adaptive; or worker-sdxl names PNDM, KLMS, DDIM, K_EULER, \
+     K_EULER_ANCESTRAL, DPMSolverMultistep, DPMSolverSinglestep; or Civitai names DPM2SA, \
+     DPM2SAKarras, DPMFast, DPMAdaptive)";
 
 /// Schedule labels: ComfyUI scheduler names, A1111 "Schedule type" labels and diffusers'
 /// timestep spacings. "Automatic" (`None`) keeps the sampler's default. A name ComfyUI and

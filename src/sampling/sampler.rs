@@ -31,6 +31,10 @@
 //!
 //! diffusers' VP-space schedulers (DPM-Solver, UniPC, DDIM, LCM) are the same maps written
 //! for `x/sqrt(σ²+1)`; their `init_noise_sigma` of 1 becomes `sqrt(σ_0²+1)` here.
+//!
+//! A1111's samplers without a diffusers class (DPM++ 2S a, DPM fast, DPM adaptive, Restart,
+//! DDIM CFG++) have their own loops in `sampler_kdiffusion.rs`; DDIM CFG++ reads the
+//! unconditional prediction through [`Sampler::sample_cfg`].
 
 use candle_core::{DType, Device, Tensor};
 
@@ -43,6 +47,9 @@ use super::schedule::{
 use super::{SamplingError, SdeNoise};
 
 mod diffusers;
+#[path = "sampler_kdiffusion.rs"]
+mod kdiffusion;
+pub use kdiffusion::{restart_steps, CfgModel, Prediction};
 
 /// Which update rule runs between model calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,16 +75,27 @@ pub enum SamplerKind {
     DpmPp2s,
     /// DPM++ 2M SDE with the Heun second-order weight (`solver_type="heun"`).
     DpmPp2mSdeHeun,
+    /// k-diffusion `sample_dpmpp_2s_ancestral` (η 1).
+    DpmPp2sAncestral,
+    /// k-diffusion `sample_dpm_fast`: its own t-spacing between the run's σ_max and σ_min.
+    DpmFast,
+    /// k-diffusion `sample_dpm_adaptive`: error-controlled steps, model calls ≠ steps.
+    DpmAdaptive,
+    /// A1111's Restart sampler (Heun steps with restart segments).
+    Restart,
+    /// A1111's DDIM CFG++ (renoises with the unconditional prediction).
+    DdimCfgPp,
 }
 
 /// Accepted sampler names, for error messages and docs.
 pub const SAMPLER_NAMES: &str = "euler, euler_a, heun, dpm_2, dpm_2_a, dpmpp_2m, dpmpp_sde, \
-     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, lms, pndm, dpmpp_2s, dpmpp_2m_sde_heun \
-     (optionally with a schedule suffix such as dpmpp_2m_karras)";
+     dpmpp_2m_sde, dpmpp_3m_sde, ddim, uni_pc, lcm, lms, pndm, dpmpp_2s, dpmpp_2m_sde_heun, \
+     dpmpp_2s_a, dpm_fast, dpm_adaptive, restart, ddim_cfgpp (optionally with a schedule suffix \
+     such as dpmpp_2m_karras)";
 
 impl SamplerKind {
     /// Every sampler, in the order of [`SAMPLER_NAMES`].
-    pub const ALL: [SamplerKind; 16] = [
+    pub const ALL: [SamplerKind; 21] = [
         Self::Euler,
         Self::EulerAncestral,
         Self::Heun,
@@ -94,6 +112,11 @@ impl SamplerKind {
         Self::Pndm,
         Self::DpmPp2s,
         Self::DpmPp2mSdeHeun,
+        Self::DpmPp2sAncestral,
+        Self::DpmFast,
+        Self::DpmAdaptive,
+        Self::Restart,
+        Self::DdimCfgPp,
     ];
 
     /// Parses our names and the common spellings of ComfyUI (`euler_ancestral`,
@@ -124,6 +147,11 @@ impl SamplerKind {
             "pndm" | "plms" => Self::Pndm,
             "dpmpp_2s" | "dpmpp2s" => Self::DpmPp2s,
             "dpmpp_2m_sde_heun" | "dpmpp2msdeheun" => Self::DpmPp2mSdeHeun,
+            "dpmpp_2s_a" | "dpmpp_2s_ancestral" | "dpmpp2sa" => Self::DpmPp2sAncestral,
+            "dpm_fast" | "dpmfast" => Self::DpmFast,
+            "dpm_adaptive" | "dpmadaptive" => Self::DpmAdaptive,
+            "restart" => Self::Restart,
+            "ddim_cfgpp" | "ddim_cfg_pp" | "ddimcfgpp" => Self::DdimCfgPp,
             _ => {
                 return Err(SamplingError::UnknownName {
                     field: "sampler",
@@ -180,6 +208,11 @@ impl SamplerKind {
             Self::Pndm => "pndm",
             Self::DpmPp2s => "dpmpp_2s",
             Self::DpmPp2mSdeHeun => "dpmpp_2m_sde_heun",
+            Self::DpmPp2sAncestral => "dpmpp_2s_a",
+            Self::DpmFast => "dpm_fast",
+            Self::DpmAdaptive => "dpm_adaptive",
+            Self::Restart => "restart",
+            Self::DdimCfgPp => "ddim_cfgpp",
         }
     }
 
@@ -202,6 +235,11 @@ impl SamplerKind {
             Self::Pndm => "PLMS",
             Self::DpmPp2s => "DPM++ 2S",
             Self::DpmPp2mSdeHeun => "DPM++ 2M SDE Heun",
+            Self::DpmPp2sAncestral => "DPM++ 2S a",
+            Self::DpmFast => "DPM fast",
+            Self::DpmAdaptive => "DPM adaptive",
+            Self::Restart => "Restart",
+            Self::DdimCfgPp => "DDIM CFG++",
         }
     }
 
@@ -216,6 +254,10 @@ impl SamplerKind {
                 | Self::DpmPp3mSde
                 | Self::Lcm
                 | Self::DpmPp2mSdeHeun
+                | Self::DpmPp2sAncestral
+                | Self::DpmFast
+                | Self::DpmAdaptive
+                | Self::Restart
         )
     }
 
@@ -245,6 +287,12 @@ impl SamplerKind {
             // PNDM spaces and steps like DDIM (t → t − 1000//N, ᾱ_0 past the end).
             Self::Pndm => Family::Ddim,
             Self::DpmPp2s | Self::DpmPp2mSdeHeun => Family::Multistep,
+            Self::DpmPp2sAncestral | Self::DpmFast | Self::DpmAdaptive | Self::Restart => {
+                Family::Euler {
+                    round_karras: false,
+                }
+            }
+            Self::DdimCfgPp => Family::Ddim,
         }
     }
 
@@ -692,6 +740,11 @@ impl Sampler {
         on_step: &mut dyn FnMut(StepInfo<'_>) -> Result<(), E>,
     ) -> Result<Tensor, E> {
         self.start_sigma(start)?;
+        if self.kind.is_kdiffusion_extra() {
+            let mut wrapped =
+                |x: &Tensor, sigma: f32, t: f64| model(x, sigma, t).map(Prediction::from);
+            return kdiffusion::run(self, x, start, noise, &mut wrapped, on_step);
+        }
         let s = &self.sigmas[start..];
         let ts = &self.timesteps[start..];
         let n = ts.len();
@@ -854,14 +907,7 @@ impl Sampler {
                     Some(targets) => {
                         let to = targets[start + i];
                         let landed = euler(&x, &d, sigma, to)?;
-                        if i + 1 == n || to == sigma_next {
-                            landed
-                        } else {
-                            // Same VP latents, read at the next step's σ.
-                            let f = ((sigma_next as f64).powi(2) + 1.0).sqrt()
-                                / ((to as f64).powi(2) + 1.0).sqrt();
-                            scaled(&landed, f as f32)?
-                        }
+                        self.ddim_reread(landed, to, sigma_next, i + 1 == n)?
                     }
                     None => euler(&x, &d, sigma, sigma_next)?,
                 },
@@ -870,6 +916,18 @@ impl Sampler {
                 SamplerKind::Pndm => self.plms_step(&mut extra, &x, &d, start, i, model)?,
                 SamplerKind::DpmPp2s => {
                     extra.dpmpp_2s(&x, d, s, i, singlestep_orders[start + i])?
+                }
+                SamplerKind::DpmPp2sAncestral
+                | SamplerKind::DpmFast
+                | SamplerKind::DpmAdaptive
+                | SamplerKind::Restart
+                | SamplerKind::DdimCfgPp => {
+                    // Run by `kdiffusion::run` above.
+                    return Err(SamplingError::Unsupported(format!(
+                        "{} has its own sampling loop",
+                        self.kind.name()
+                    ))
+                    .into());
                 }
                 SamplerKind::Lcm => {
                     if i + 1 == n {
@@ -887,12 +945,7 @@ impl Sampler {
                 sigma: sigma_next,
             })?;
         }
-        if self.ddim_targets.is_some() {
-            // diffusers' DDIM returns its VP-form latents, which at ᾱ_0 are not at σ = 0.
-            let last = s[n];
-            x = scaled(&x, 1.0 / (last * last + 1.0).sqrt())?;
-        }
-        Ok(x)
+        Ok(self.ddim_finish(x, s[n])?)
     }
 }
 
