@@ -33,7 +33,7 @@
 //! for `x/sqrt(σ²+1)`; their `init_noise_sigma` of 1 becomes `sqrt(σ_0²+1)` here.
 //!
 //! A1111's samplers without a diffusers class (DPM++ 2S a, DPM fast, DPM adaptive, Restart,
-//! DDIM CFG++) have their own loops in `sampler_kdiffusion.rs`; DDIM CFG++ reads the
+//! DDIM CFG++) have their own loops in `sampler/kdiffusion.rs`; DDIM CFG++ reads the
 //! unconditional prediction through [`Sampler::sample_cfg`].
 
 use candle_core::{DType, Device, Tensor};
@@ -47,7 +47,6 @@ use super::schedule::{
 use super::{SamplingError, SdeNoise};
 
 mod diffusers;
-#[path = "sampler_kdiffusion.rs"]
 mod kdiffusion;
 pub use kdiffusion::{restart_steps, CfgModel, Prediction};
 
