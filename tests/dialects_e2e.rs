@@ -4,20 +4,18 @@
 //! request is spelled, never what is generated. The response shapes are checked as the
 //! clients read them.
 
-use std::path::{Path, PathBuf};
+mod handler_support;
+
+use std::path::Path;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use sdxl_worker::fetch::{self, CivitaiIds, FetchArgs, ModelKind};
-use sdxl_worker::handler::request::Defaults;
-use sdxl_worker::handler::{DialectArgs, SdxlHandler};
-use sdxl_worker::pipeline::EngineArgs;
-use sdxl_worker::runpod::{Handler, Job, JobContext};
+use handler_support::{block_on, fixture_models, fixtures, handler_from};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use sdxl_worker::fetch::{CivitaiIds, ModelKind};
+use sdxl_worker::handler::{DialectArgs, SdxlHandler};
+use sdxl_worker::runpod::{Handler, Job, JobContext};
 
 fn fixture(name: &str) -> Value {
     let text = std::fs::read_to_string(fixtures().join("dialects").join(name)).unwrap();
@@ -27,9 +25,7 @@ fn fixture(name: &str) -> Value {
 /// The fixture models as a Civitai-sourced `models.toml` would resolve them (with model and
 /// version ids), loaded on the CPU in f32 with the minimum side lowered to 64 px.
 async fn handler(cache: &Path, dialects: DialectArgs) -> SdxlHandler {
-    let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
-    let manifest = fetch::Manifest::load(&fetch_args.models).unwrap();
-    let mut models = fetch::prefetch(&fetch_args, &manifest).await.unwrap();
+    let mut models = fixture_models(cache).await.unwrap();
     for m in &mut models.models {
         let (model_id, version_id) = match m.kind {
             ModelKind::Checkpoint => (101055, 128078),
@@ -41,20 +37,7 @@ async fn handler(cache: &Path, dialects: DialectArgs) -> SdxlHandler {
             file_id: 1,
         });
     }
-    let args = EngineArgs {
-        device: "cpu".into(),
-        dtype: sdxl_worker::pipeline::DTypeArg::F32,
-        vae_dtype: sdxl_worker::pipeline::DTypeArg::F32,
-        lora_keep_originals: None,
-    };
-    SdxlHandler::load(models, &args, None)
-        .await
-        .unwrap()
-        .with_defaults(Defaults {
-            min_side: 64,
-            ..Defaults::default()
-        })
-        .with_dialects(dialects)
+    handler_from(models).await.unwrap().with_dialects(dialects)
 }
 
 async fn run(h: &SdxlHandler, input: Value) -> Value {
@@ -82,16 +65,6 @@ fn images(body: &Value) -> Vec<(u32, u32, Vec<u8>)> {
         .iter()
         .map(pixels)
         .collect()
-}
-
-/// Runs `f` on a two-thread runtime (the engine thread reports back through it).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]

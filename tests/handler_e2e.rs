@@ -2,9 +2,9 @@
 //! engine on the fixture checkpoint); the posted results are checked against the diffusers
 //! reference images, and malformed inputs must fail one by one without stopping the worker.
 
+mod handler_support;
 mod runtime_support;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,50 +12,15 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use handler_support::{block_on, fixture_handler, fixtures};
 use runtime_support::MockJobApi;
-use sdxl_worker::fetch::{self, FetchArgs};
-use sdxl_worker::handler::request::Defaults;
-use sdxl_worker::handler::SdxlHandler;
-use sdxl_worker::pipeline::EngineArgs;
 use sdxl_worker::runpod::{self, Timings};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// CPU, f32: the configuration the diffusers references were made in.
-fn engine_args() -> EngineArgs {
-    EngineArgs {
-        device: "cpu".into(),
-        dtype: sdxl_worker::pipeline::DTypeArg::F32,
-        vae_dtype: sdxl_worker::pipeline::DTypeArg::F32,
-        lora_keep_originals: None,
-    }
-}
-
-/// The SDXL handler on the fixture models (`cache` holds what `models.toml` downloads), with
-/// the minimum side lowered to the fixture's 64 px.
-async fn fixture_handler(cache: &Path) -> anyhow::Result<SdxlHandler> {
-    let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
-    let manifest = fetch::Manifest::load(&fetch_args.models)?;
-    let models = fetch::prefetch(&fetch_args, &manifest).await?;
-    let handler = SdxlHandler::load(models, &engine_args(), None).await?;
-    Ok(handler.with_defaults(Defaults {
-        min_side: 64,
-        ..Defaults::default()
-    }))
-}
 
 /// Runs the serverless worker against `api` on its own thread until `shutdown` is cancelled.
 fn spawn_worker(api: &MockJobApi, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
     let args = api.args(1);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        block_on(async move {
             let cache = tempfile::tempdir().unwrap();
             let cache_dir = cache.path().to_path_buf();
             let init = async move { Ok(Arc::new(fixture_handler(&cache_dir).await?)) };
@@ -422,12 +387,7 @@ fn malformed_corpus() -> Vec<(Value, &'static str)> {
 #[test]
 fn stages_run_one_by_one_match_the_whole_handler() {
     use runpod::{Handler, Job, JobContext};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let cache = tempfile::tempdir().unwrap();
         let handler = fixture_handler(cache.path()).await.unwrap();
         let input = json!({"prompt": "a photo of a cat", "width": 64, "height": 64,

@@ -4,21 +4,18 @@
 //! image, read back and run again, gives the identical image, for every sampler and every
 //! schedule.
 
-use std::path::{Path, PathBuf};
+mod handler_support;
+
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use sdxl_worker::fetch::{self, FetchArgs};
+use handler_support::{block_on, fixture_handler, fixtures};
+
 use sdxl_worker::handler::dialects::infotext::{self, RESOURCES_KEY};
 use sdxl_worker::handler::request::Defaults;
-use sdxl_worker::handler::SdxlHandler;
-use sdxl_worker::pipeline::{DTypeArg, EngineArgs};
 use sdxl_worker::runpod::JobContext;
 use sdxl_worker::sampling::{SamplerKind, SigmaSchedule};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn corpus() -> Vec<(String, String, Value)> {
     let dir = fixtures().join("infotext");
@@ -109,24 +106,6 @@ fn corpus_requests_pass_request_validation() {
     assert!(checked >= 20, "{checked}");
 }
 
-/// The SDXL handler on the fixture checkpoint, CPU f32, minimum side 64 px.
-async fn fixture_handler(cache: &Path) -> anyhow::Result<SdxlHandler> {
-    let fetch_args = FetchArgs::new(fixtures().join("models.toml"), cache);
-    let manifest = fetch::Manifest::load(&fetch_args.models)?;
-    let models = fetch::prefetch(&fetch_args, &manifest).await?;
-    let engine = EngineArgs {
-        device: "cpu".into(),
-        dtype: DTypeArg::F32,
-        vae_dtype: DTypeArg::F32,
-        lora_keep_originals: None,
-    };
-    let handler = SdxlHandler::load(models, &engine, None).await?;
-    Ok(handler.with_defaults(Defaults {
-        min_side: 64,
-        ..Defaults::default()
-    }))
-}
-
 /// Request `n` of the round trip: sampler and schedule as given, and the other settings that
 /// the infotext must carry (noise source, SDE noise, clip skip, guidance rescale, emphasis
 /// mode, negative prompt present / empty / absent, variation seed, hires fix) rotating with
@@ -177,12 +156,7 @@ fn round_trip_input(n: usize, sampler: SamplerKind, schedule: SigmaSchedule) -> 
 /// the same pixels (exact; the run is deterministic on the CPU).
 #[test]
 fn worker_infotexts_read_back_to_the_identical_image() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let cache = tempfile::tempdir().unwrap();
         let handler = fixture_handler(cache.path()).await.unwrap();
         let ctx = JobContext::detached("infotext");
