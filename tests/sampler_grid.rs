@@ -4,62 +4,29 @@
 //! that seed up to batched-matmul rounding (one generator per image, also for the samplers
 //! that add noise).
 
-use sdxl_worker::pipeline::{DenoiseFrom, GenerateRequest, PipelineConfig, SdxlPipeline, Timings};
-use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
-use std::path::Path;
+mod parity_support;
 
-fn latents(p: &SdxlPipeline, req: &GenerateRequest, seeds: &[u64]) -> Vec<f32> {
-    let cond = p.encode(req).unwrap();
-    let mut steps = 0;
-    let out = p
-        .denoise(
-            req,
-            &cond,
-            seeds,
-            DenoiseFrom::Noise,
-            &mut |pr| steps = pr.step,
-            &|| false,
-            &mut Timings::default(),
-        )
-        .unwrap_or_else(|e| panic!("{:?}/{:?}: {e}", req.sampler, req.schedule));
-    assert!(
-        steps >= req.steps,
-        "{:?}/{:?}: progress",
-        req.sampler,
-        req.schedule
-    );
-    out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
+use parity_support::{pipeline, tiny_request, txt2img_latents as latents};
+use sdxl_worker::pipeline::GenerateRequest;
+use sdxl_worker::sampling::{SamplerKind, SdeNoise, SigmaSchedule};
 
 #[test]
 fn every_sampler_and_schedule_is_finite_and_deterministic() {
-    let p = SdxlPipeline::load(&PipelineConfig::cpu_f32(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mini-m.fp16.safetensors"),
-    ))
-    .unwrap();
+    let p = pipeline();
     let mut results = std::collections::HashMap::new();
     for kind in SamplerKind::ALL {
         for schedule in SigmaSchedule::ALL {
             let req = GenerateRequest {
-                prompt: "a photo of a cat".into(),
-                negative_prompt: Some("blurry".into()),
-                width: 64,
-                height: 64,
-                steps: 3,
-                guidance: 5.0,
-                sampler: kind,
-                schedule,
-                seed: 5,
                 num_images: 2,
                 sde_noise: SdeNoise::Brownian,
-                ..GenerateRequest::default()
+                ..tiny_request(kind, schedule, 5)
             };
-            let a = latents(&p, &req, &[5, 6]);
+            let a = latents(p, &req, &[5, 6]);
             assert!(
                 a.iter().all(|v| v.is_finite()),
                 "{kind:?}/{schedule:?}: non-finite latents"
             );
-            let b = latents(&p, &req, &[5, 6]);
+            let b = latents(p, &req, &[5, 6]);
             assert!(a == b, "{kind:?}/{schedule:?}: two runs differ");
             results.insert((kind, schedule), a.clone());
             // DPM adaptive picks one step size for the whole batch (k-diffusion's error norm
@@ -69,7 +36,7 @@ fn every_sampler_and_schedule_is_finite_and_deterministic() {
             }
             // Batched matmuls round differently from single ones, so "equal" is 1e-4 of the
             // scale; a wrong generator would differ by O(1).
-            let single = latents(&p, &GenerateRequest { seed: 6, ..req }, &[6]);
+            let single = latents(p, &GenerateRequest { seed: 6, ..req }, &[6]);
             let second = &a[a.len() / 2..];
             let scale = single.iter().fold(0f32, |m, v| m.max(v.abs()));
             let diff = second

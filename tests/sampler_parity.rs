@@ -245,7 +245,7 @@ fn variation_seed_blends_initial_noise() {
     let mut req = samplers_request(case("euler_trailing_s100_n8"));
     req.steps = 2;
     let p = pipeline();
-    let run = |req: &GenerateRequest| txt2img_latents(p, req, req.seed);
+    let run = |req: &GenerateRequest| txt2img_latents(p, req, &[req.seed]);
     let plain = run(&req);
     let sub = run(&GenerateRequest {
         seed: 77,

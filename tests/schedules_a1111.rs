@@ -7,8 +7,7 @@ use std::path::Path;
 
 mod parity_support;
 
-use parity_support::txt2img_latents;
-use sdxl_worker::pipeline::GenerateRequest;
+use parity_support::{tiny_request, txt2img_latents};
 use sdxl_worker::sampling::names::parse_schedule_label;
 use sdxl_worker::sampling::{Sampler, SamplerKind, ScheduleConfig, SigmaSchedule};
 
@@ -182,23 +181,11 @@ fn every_a1111_schedule_runs_through_the_pipeline() {
     let p = parity_support::pipeline();
     let mut results: Vec<(SigmaSchedule, Vec<f32>)> = Vec::new();
     for schedule in SigmaSchedule::A1111 {
-        let req = GenerateRequest {
-            prompt: "a photo of a cat".into(),
-            negative_prompt: Some("blurry".into()),
-            width: 64,
-            height: 64,
-            steps: 3,
-            guidance: 5.0,
-            sampler: SamplerKind::DpmPp2m,
-            schedule,
-            seed: 11,
-            num_images: 1,
-            ..GenerateRequest::default()
-        };
-        let a = txt2img_latents(p, &req, req.seed);
+        let req = tiny_request(SamplerKind::DpmPp2m, schedule, 11);
+        let a = txt2img_latents(p, &req, &[req.seed]);
         assert!(a.iter().all(|v| v.is_finite()), "{schedule:?}: non-finite");
         assert!(
-            a == txt2img_latents(p, &req, req.seed),
+            a == txt2img_latents(p, &req, &[req.seed]),
             "{schedule:?}: two runs differ"
         );
         results.push((schedule, a));

@@ -33,23 +33,46 @@ pub fn pipeline() -> &'static SdxlPipeline {
     })
 }
 
-/// The final txt2img latents of `req` for one seed, flattened (no progress, no cancel).
-pub fn txt2img_latents(p: &SdxlPipeline, req: &GenerateRequest, seed: u64) -> Vec<f32> {
+/// The final txt2img latents of `req` for `seeds` (one image each), flattened; no cancel.
+/// The run must report progress up to at least `req.steps`.
+pub fn txt2img_latents(p: &SdxlPipeline, req: &GenerateRequest, seeds: &[u64]) -> Vec<f32> {
     let cond = p.encode(req).unwrap();
-    p.denoise(
-        req,
-        &cond,
-        &[seed],
-        DenoiseFrom::Noise,
-        &mut |_| {},
-        &|| false,
-        &mut Timings::default(),
-    )
-    .unwrap_or_else(|e| panic!("{:?}/{:?}: {e}", req.sampler, req.schedule))
-    .flatten_all()
-    .unwrap()
-    .to_vec1::<f32>()
-    .unwrap()
+    let mut steps = 0;
+    let out = p
+        .denoise(
+            req,
+            &cond,
+            seeds,
+            DenoiseFrom::Noise,
+            &mut |pr| steps = pr.step,
+            &|| false,
+            &mut Timings::default(),
+        )
+        .unwrap_or_else(|e| panic!("{:?}/{:?}: {e}", req.sampler, req.schedule));
+    assert!(
+        steps >= req.steps,
+        "{:?}/{:?}: progress",
+        req.sampler,
+        req.schedule
+    );
+    out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// The small txt2img request the pipeline-wide tests run (64 × 64, 3 steps, CFG 5).
+pub fn tiny_request(sampler: SamplerKind, schedule: SigmaSchedule, seed: u64) -> GenerateRequest {
+    GenerateRequest {
+        prompt: "a photo of a cat".into(),
+        negative_prompt: Some("blurry".into()),
+        width: 64,
+        height: 64,
+        steps: 3,
+        guidance: 5.0,
+        sampler,
+        schedule,
+        seed,
+        num_images: 1,
+        ..GenerateRequest::default()
+    }
 }
 
 fn read_manifest(dir: &str) -> serde_json::Value {
